@@ -1,0 +1,142 @@
+"""Annotated images for the analyses: the phantom's landmarks, or a CSV for real data.
+
+CSV format (one row per landmark instance, header required, extra columns ignored):
+  image,landmark,x,y[,patient]
+  images/00000001_000.png,carina,512.0,430.5
+`image` is a path relative to the CSV's folder (or absolute); x is the column and y the row in
+pixels of that image; `patient` groups images of one person (defaults to the image path). PNG,
+JPEG, TIFF, BMP and DICOM (.dcm) images are read; 16-bit or float images are scaled to uint8.
+"""
+import csv
+import dataclasses
+import os
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """One annotated image.
+
+  Attributes:
+    case_id: a stable name (the image path or "phantom-<index>").
+    patient: groups cases of one person (k-NN folds never split a patient).
+    landmarks: {name: (x, y)} in pixels of the image (x: column, y: row).
+    load: returns the image, uint8[H, W, C] with C in {1, 3}; called when a sampler needs it, so
+      that a large CSV set is never held in memory all at once.
+  """
+  case_id: str
+  patient: str
+  landmarks: dict[str, tuple[float, float]]
+  load: Callable[[], np.ndarray]
+
+
+def as_uint8_hwc(image: np.ndarray, name: str = "image") -> np.ndarray:
+  """uint8[H, W, C] (C in {1, 3}) from a [H, W] or [H, W, C] image of any numeric dtype.
+
+  Non-uint8 images are scaled linearly from their [min, max] to [0, 255]; an alpha channel is
+  dropped. Raises ValueError naming `name` for any other shape.
+  """
+  a = np.asarray(image)
+  if a.ndim == 2:
+    a = a[..., None]
+  if a.ndim != 3 or a.shape[-1] not in (1, 3, 4) or min(a.shape[:2]) < 2:
+    raise ValueError(f"{name}: expected an image [H, W] or [H, W, 1|3|4], got shape {a.shape}")
+  a = a[..., :3] if a.shape[-1] == 4 else a
+  if a.dtype == np.uint8:
+    return np.ascontiguousarray(a)
+  a = a.astype(np.float64)
+  lo, hi = float(a.min()), float(a.max())
+  scaled = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+  return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def read_image(path: str) -> np.ndarray:
+  """uint8[H, W, C] of an image file (PIL formats or DICOM); ValueError naming the path if bad."""
+  try:
+    if path.lower().endswith((".dcm", ".dicom")):
+      import pydicom  # only DICOM needs it
+      ds = pydicom.dcmread(path)
+      arr = ds.pixel_array.astype(np.float64)
+      if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
+        arr = arr.max() - arr  # MONOCHROME1 stores bright as low values
+    else:
+      with Image.open(path) as im:
+        if im.mode not in ("L", "RGB", "I", "I;16", "F", "RGBA"):
+          im = im.convert("RGB")
+        arr = np.asarray(im)
+  except (OSError, ValueError, AttributeError) as e:
+    raise ValueError(f"{path}: cannot read image ({e})") from e
+  return as_uint8_hwc(arr, path)
+
+
+def phantom_cases(seed: int = 0, count: int = 100, size: int = 512, start: int = 0) -> list[Case]:
+  """Phantom patients start..start+count-1 of family `seed` with their landmarks (one patient each).
+
+  A run trained on the phantom saw patients 0..data.phantom_count-1 of family data.phantom_seed;
+  start at data.phantom_count to analyse patients it never saw.
+  """
+  from adam_v2_jax.data import phantom as phantom_lib  # numpy-only module of the data package
+  cases = []
+  for i in range(start, start + count):
+    pc = phantom_lib.phantom(seed, i, size)
+    image = as_uint8_hwc(pc.image, f"phantom case {i}")
+    lm = {name: (float(x), float(y)) for name, (x, y) in pc.landmarks.items()}
+    cases.append(Case(f"phantom-{i}", f"phantom-{i}", lm, lambda a=image: a))
+  return cases
+
+
+def csv_cases(csv_path: str, image_root: str = "") -> list[Case]:
+  """Cases from a landmark CSV (see the module docstring), in the order images first appear.
+
+  Args:
+    csv_path: the CSV file.
+    image_root: folder the image paths are relative to; default: the CSV's folder.
+  Raises:
+    ValueError naming the file and row when a column is missing, a coordinate is not a number,
+    a landmark repeats within an image, or the file holds no rows.
+  """
+  root = image_root or os.path.dirname(os.path.abspath(csv_path))
+  try:
+    f = open(csv_path, newline="")
+  except OSError as e:
+    raise ValueError(f"{csv_path}: cannot open landmark CSV ({e})") from e
+  with f:
+    reader = csv.DictReader(f)
+    fields = [c.strip() for c in (reader.fieldnames or [])]
+    missing = {"image", "landmark", "x", "y"} - set(fields)
+    if missing:
+      raise ValueError(f"{csv_path}: missing column(s) {sorted(missing)}; "
+                       f"expected a header image,landmark,x,y[,patient], got {fields}")
+    by_image: dict[str, dict] = {}
+    for row_no, row in enumerate(reader, start=2):
+      row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
+      image, name = row["image"], row["landmark"]
+      if not image or not name:
+        raise ValueError(f"{csv_path}, line {row_no}: empty image or landmark")
+      try:
+        x, y = float(row["x"]), float(row["y"])
+      except ValueError:
+        raise ValueError(f"{csv_path}, line {row_no}: x, y must be numbers, "
+                         f"got {row['x']!r}, {row['y']!r}") from None
+      entry = by_image.setdefault(image, {"patient": row.get("patient") or image, "lm": {}})
+      if name in entry["lm"]:
+        raise ValueError(f"{csv_path}, line {row_no}: landmark {name!r} repeats for {image}")
+      entry["lm"][name] = (x, y)
+  if not by_image:
+    raise ValueError(f"{csv_path}: no landmark rows")
+  cases = []
+  for image, entry in by_image.items():
+    path = image if os.path.isabs(image) else os.path.join(root, image)
+    cases.append(Case(image, entry["patient"], entry["lm"], lambda p=path: read_image(p)))
+  return cases
+
+
+def landmark_names(cases: list[Case]) -> list[str]:
+  """Landmark names in order of first appearance over the cases."""
+  names: dict[str, None] = {}
+  for c in cases:
+    names.update(dict.fromkeys(c.landmarks))
+  return list(names)

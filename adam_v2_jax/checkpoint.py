@@ -1,0 +1,134 @@
+"""Checkpoints: an orbax CheckpointManager in WORKDIR/checkpoints holding, per saved step, the train
+state, the run position (stage, level, steps, the step's data position) and the grain iterator.
+
+Orbax writes each step into a temporary directory and renames it when complete, so a save cut
+short by a kill never becomes the latest. A checkpoint that fails to restore is moved aside (to
+WORKDIR/corrupt_checkpoints) with a warning and the previous one is used. Tools (export, embed,
+evaluate) read weights through `load_weights`.
+"""
+import json
+import os
+import shutil
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+
+class Checkpointer:
+  """Saves and restores (state, position, data iterator) at global steps."""
+
+  def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+    self.workdir = workdir
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self._mngr = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             enable_async_checkpointing=async_save))
+
+  def steps(self) -> list[int]:
+    """Saved (complete) steps, oldest first."""
+    return sorted(self._mngr.all_steps(read=True))
+
+  def save(self, step: int, state, position: dict, data_iter=None):
+    """Starts writing a checkpoint of global step `step` (asynchronously; see wait)."""
+    items = {"state": ocp.args.StandardSave(state), "position": ocp.args.JsonSave(position)}
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+    self._mngr.save(step, args=ocp.args.Composite(**items), force=True)
+
+  def wait(self):
+    """Blocks until the last save is complete on disk."""
+    self._mngr.wait_until_finished()
+
+  def position(self, step: int) -> dict:
+    return self._mngr.restore(step, args=ocp.args.Composite(
+        position=ocp.args.JsonRestore()))["position"]
+
+  def restore(self, step: int, abstract_state, data_iter=None):
+    """(state, position) of `step`; restores `data_iter` in place when given."""
+    items = {"state": ocp.args.StandardRestore(abstract_state),
+             "position": ocp.args.JsonRestore()}
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    out = self._mngr.restore(step, args=ocp.args.Composite(**items))
+    return out["state"], out["position"]
+
+  def latest_good_position(self):
+    """(step, position) of the newest readable checkpoint, or None. Unreadable ones are moved
+    aside with a warning (never deleted), so the previous checkpoint is used."""
+    for step in reversed(self.steps()):
+      try:
+        return step, self.position(step)
+      except Exception as e:  # pylint: disable=broad-except
+        self.set_aside(step, e)
+    return None
+
+  def set_aside(self, step: int, error: Exception):
+    """Moves checkpoint `step` out of the manager's directory after a failed read."""
+    logging.warning("checkpoint %d in %s is unreadable (%s: %s); falling back to the previous one",
+                    step, self.directory, type(error).__name__, error)
+    if jax.process_index() == 0:
+      dest = os.path.join(self.workdir, "corrupt_checkpoints", str(step))
+      os.makedirs(os.path.dirname(dest), exist_ok=True)
+      shutil.move(os.path.join(self.directory, str(step)), dest)
+    self._mngr.reload()
+
+  def close(self):
+    self._mngr.wait_until_finished()
+    self._mngr.close()
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run saved in WORKDIR/config.json."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist: is {workdir} a training workdir?")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load_weights(workdir: str, step: int | None = None, model: str = "teacher"):
+  """Weights of a saved run, as host numpy arrays, for tools.
+
+  Args:
+    workdir: a training workdir (holding config.json and checkpoints/).
+    step: global step to read; None for the latest readable checkpoint.
+    model: 'teacher' (default, the one to fine-tune) or 'student'.
+  Returns:
+    (config, step, backbone_variables, heads) where backbone_variables is {'params': ...} plus
+    {'batch_stats': ...} for BatchNorm backbones, and heads maps 'head_l' (and for the student in
+    stage LCD 'head_c', 'head_d') to their params.
+  """
+  if model not in ("teacher", "student"):
+    raise ValueError(f"model must be 'teacher' or 'student', got {model!r}")
+  config = load_config(workdir)
+  ckpt = Checkpointer(workdir, async_save=False)
+  steps = ckpt.steps()
+  if not steps:
+    raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
+  if step is not None and step not in steps:
+    raise ValueError(f"no checkpoint of step {step} in {ckpt.directory}; saved steps: {steps}")
+  candidates = [step] if step is not None else list(reversed(steps))
+  error = None
+  for s in candidates:
+    try:
+      tree = ckpt._mngr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+      break
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("checkpoint %d of %s unreadable: %s", s, workdir, e)
+      error = e
+  else:
+    raise RuntimeError(f"no readable checkpoint in {ckpt.directory}") from error
+  state = jax.tree.map(np.asarray, tree["state"])
+  ckpt.close()
+  params = state["teacher" if model == "teacher" else "params"]
+  stats = state["teacher_batch_stats" if model == "teacher" else "batch_stats"]
+  variables = {"params": params["backbone"]}
+  if stats:
+    variables["batch_stats"] = stats["backbone"]
+  heads = {k: v for k, v in params.items() if k != "backbone"}
+  return config, s, variables, heads

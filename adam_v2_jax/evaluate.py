@@ -1,0 +1,159 @@
+"""Zero-shot anatomy analyses (paper 4.1, SPEC 6) of the frozen teacher of training runs.
+
+  python -m adam_v2_jax.evaluate --workdir=runs/lcd --workdir=runs/l --out=reports/zero_shot
+  python -m adam_v2_jax.evaluate --workdir=runs/cxr --landmarks_csv=cxr_landmarks.csv \
+      --out=reports/cxr
+
+Each --workdir's teacher backbone (latest checkpoint, or --step) and a randomly initialised
+backbone of the same architecture ("random init", the baseline) embed the same patches: landmark
+patches of the phantom's held-out patients by default, or of the images of a landmark CSV
+(image,landmark,x,y[,patient]; see analysis/cases.py). Writes to --out: metrics.json, five PNG
+figures and report.md (analysis/report.py).
+"""
+import os
+import sys
+
+import numpy as np
+from absl import app, flags, logging
+
+from adam_v2_jax.analysis import analyses
+from adam_v2_jax.analysis import cases as cases_lib
+from adam_v2_jax.analysis import report
+
+_WORKDIR = flags.DEFINE_multi_string("workdir", None, "Training run(s) to analyse (repeatable).")
+_OUT = flags.DEFINE_string("out", None, "Output folder for metrics.json, figures, report.md.")
+_NAME = flags.DEFINE_multi_string("name", None, "Label per --workdir (default: folder name).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step for every workdir (default: latest).")
+_RANDOM_INIT = flags.DEFINE_bool("random_init", True, "Also analyse a randomly initialised "
+                                 "backbone of each architecture (the baseline).")
+_CSV = flags.DEFINE_string("landmarks_csv", "", "Landmark CSV (image,landmark,x,y[,patient]); "
+                           "default: the phantom's annotated landmarks.")
+_IMAGE_ROOT = flags.DEFINE_string("image_root", "", "Folder the CSV's image paths are relative "
+                                  "to (default: the CSV's folder).")
+_CASES = flags.DEFINE_integer("cases", 100, "Phantom patients to analyse (or: the first N CSV "
+                              "images; 0 = all of them).")
+_PHANTOM_SEED = flags.DEFINE_integer("phantom_seed", None, "Phantom family (default: the first "
+                                     "run's data.phantom_seed).")
+_PHANTOM_START = flags.DEFINE_integer("phantom_start", None, "First phantom patient (default: "
+                                      "the first run's data.phantom_count: never trained on).")
+_PHANTOM_SIZE = flags.DEFINE_integer("phantom_size", None, "Phantom side (default: the first "
+                                     "run's data.phantom_size).")
+_INPUT_SIZE = flags.DEFINE_integer("input_size", None, "Network input side every patch is "
+                                   "resized to (default: the first run's views.global_size).")
+_BATCH = flags.DEFINE_integer("batch_size", 32, "Images per forward pass.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seeds the sampling and the random-init baseline.")
+_VIEW = flags.DEFINE_enum("view", "centered", list(analyses.VIEWS), "Feature view of the "
+                          "figures (metrics.json and report.md hold both).")
+_WHOLES = flags.DEFINE_integer("wholes_per_case", 1, "Random wholes per case and part count.")
+_TRIPLES = flags.DEFINE_integer("triples_per_case", 1, "Point triples per case and t.")
+_LEVEL_CASES = flags.DEFINE_integer("level_cases", 20, "Cases of the multi-scale variant.")
+_TSNE_ITERS = flags.DEFINE_integer("tsne_iters", 1000, "t-SNE iterations of the plots.")
+
+
+def _teacher_embed(config, variables, batch_size: int):
+  """embed(uint8[N,S,S,C]) -> float32[N,D] of a backbone's frozen variables (see embed.py)."""
+  from adam_v2_jax import embed as embed_lib  # pylint: disable=g-import-not-at-top
+  return embed_lib.make_embed_fn(config, variables, batch_size=batch_size)
+
+
+def _random_variables(config, seed: int, size: int):
+  """Freshly initialised backbone variables of config.model.backbone (the random baseline)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from adam_v2_jax.models import registry  # pylint: disable=g-import-not-at-top
+  net = registry.create_backbone(config.model.backbone)
+  x = jnp.zeros((1, size, size, 3), jnp.float32)
+  return jax.tree.map(np.asarray, dict(net.init(jax.random.key(seed), x, train=False)))
+
+
+def load_models(workdirs, names=None, step=None, random_init=True, seed=0, input_size=224,
+                batch_size=32):
+  """[(label, config, embed fn)] for each run's teacher, then one random init per architecture.
+
+  Raises ValueError naming the workdir when it holds no readable checkpoint.
+  """
+  from adam_v2_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  if names and len(names) != len(workdirs):
+    raise ValueError(f"--name given {len(names)} time(s) for {len(workdirs)} --workdir(s)")
+  models, configs = [], []
+  for i, wd in enumerate(workdirs):
+    try:
+      config, got_step, variables, _ = checkpoint.load_weights(wd, step, model="teacher")
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
+      raise ValueError(f"{wd}: cannot load a checkpoint ({e})") from e
+    label = names[i] if names else f"{os.path.basename(os.path.normpath(wd))} (step {got_step})"
+    logging.info("%s: %s backbone, step %d", wd, config.model.backbone, got_step)
+    models.append((label, config, _teacher_embed(config, variables, batch_size)))
+    configs.append(config)
+  if random_init:
+    seen = {}
+    for config in configs:
+      seen.setdefault(config.model.backbone, config)
+    for arch, config in seen.items():
+      label = "random init" if len(seen) == 1 else f"random init ({arch})"
+      variables = _random_variables(config, seed, input_size)
+      models.append((label, config, _teacher_embed(config, variables, batch_size)))
+  return models
+
+
+def evaluate(workdirs, out, *, names=None, step=None, random_init=True, landmarks_csv="",
+             image_root="", cases=100, phantom_seed=None, phantom_start=None, phantom_size=None,
+             input_size=None, cfg_overrides=None, view="centered") -> dict:
+  """Runs the analyses on each run (and random init) and writes the outputs under `out`.
+
+  Returns {output key: path} (see analysis/report.write_all) plus "results": {label: metrics}.
+  """
+  from adam_v2_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  if not workdirs:
+    raise ValueError("give at least one --workdir")
+  first = checkpoint.load_config(workdirs[0])
+  size = input_size or int(first.views.global_size)
+  cfg = analyses.AnalysisConfig(out_size=size, **(cfg_overrides or {}))
+  if landmarks_csv:
+    case_list = cases_lib.csv_cases(landmarks_csv, image_root)
+    case_list = case_list[:cases] if cases else case_list
+    source = f"landmark CSV {landmarks_csv}"
+  else:
+    data = first.data
+    pseed = data.get("phantom_seed", 0) if phantom_seed is None else phantom_seed
+    start = data.phantom_count if phantom_start is None else phantom_start
+    psize = data.phantom_size if phantom_size is None else phantom_size
+    case_list = cases_lib.phantom_cases(pseed, cases or 100, psize, start)
+    source = f"phantom family {pseed}, patients {start}-{start + len(case_list) - 1}, {psize} px"
+  logging.info("sampling the analyses' patches from %d cases (%s)", len(case_list), source)
+  aset = analyses.sample(case_list, cfg)
+  models = load_models(workdirs, names, step, random_init, cfg.seed, size, cfg.batch_size)
+  results = []
+  for label, _, embed in models:
+    logging.info("analysing %s", label)
+    results.append(analyses.run_model(label, embed, aset, cfg))
+  settings = {"source": source, "cases": len(case_list), "workdirs": list(workdirs),
+              "step": step, "models": [m[0] for m in models]}
+  paths = report.write_all(out, results, aset, cfg, settings, view)
+  paths["results"] = {r.name: r.metrics for r in results}
+  return paths
+
+
+def main(argv):
+  del argv
+  try:
+    paths = evaluate(
+        _WORKDIR.value, _OUT.value, names=_NAME.value, step=_STEP.value,
+        random_init=_RANDOM_INIT.value, landmarks_csv=_CSV.value, image_root=_IMAGE_ROOT.value,
+        cases=_CASES.value, phantom_seed=_PHANTOM_SEED.value, phantom_start=_PHANTOM_START.value,
+        phantom_size=_PHANTOM_SIZE.value, input_size=_INPUT_SIZE.value, view=_VIEW.value,
+        cfg_overrides=dict(batch_size=_BATCH.value, seed=_SEED.value,
+                           wholes_per_case=_WHOLES.value, triples_per_case=_TRIPLES.value,
+                           level_cases=_LEVEL_CASES.value, tsne_iters=_TSNE_ITERS.value))
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  for r in paths.pop("results"):
+    logging.info("done: %s", r)
+  print(f"wrote {paths['report']}, {paths['metrics']} and {len(report.PLOT_FILES)} figures "
+        f"under {_OUT.value}")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["workdir", "out"])
+  app.run(main)

@@ -1,0 +1,73 @@
+"""Entry point: flags, multi-process init, config checks, then the training loop.
+
+  python -m adam_v2_jax.main --config=configs/demo.py --workdir=/tmp/demo
+  python -m adam_v2_jax.main --config=configs/cxr_convnext.py:smoke --workdir=/tmp/smoke
+  python -m adam_v2_jax.main --config=configs/cxr_resnet50.py --workdir=gs://b/run \
+      --config.data.path=/data/cxr14/images --config.data.split_file=/data/cxr14/train_val_list.txt
+"""
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config, metrics, checkpoints.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0, for multi-process runs started by "
+                                   "hand (TPU VMs and SLURM are detected automatically).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_LOCAL_DEVICES = flags.DEFINE_string("local_device_ids", None,
+                                     "Comma-separated local device ids this process uses (one "
+                                     "process per GPU).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _in_cluster() -> bool:
+  """A multi-process launch that jax.distributed.initialize() can read by itself."""
+  env = os.environ
+  return (int(env.get("SLURM_NTASKS", "1")) > 1 or "JAX_COORDINATOR_ADDRESS" in env
+          or "MEGASCALE_COORDINATOR_ADDRESS" in env or
+          len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1)
+
+
+def init_distributed():
+  """jax.distributed.initialize() when the run has several processes; must run before any other
+  JAX call and only in the main process (grain workers are spawned and must not call it)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if _COORDINATOR.value or (_NUM_PROCESSES.value or 1) > 1:
+    ids = [int(i) for i in _LOCAL_DEVICES.value.split(",")] if _LOCAL_DEVICES.value else None
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                               local_device_ids=ids)
+  elif _in_cluster():
+    jax.distributed.initialize()
+
+
+def main(argv):
+  del argv
+  init_distributed()
+  import jax  # pylint: disable=g-import-not-at-top
+  from adam_v2_jax import health, train, validate  # pylint: disable=g-import-not-at-top
+  config = _CONFIG.value
+  try:
+    validate.check(config, jax.device_count(), _WORKDIR.value)
+  except validate.ConfigError as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  logging.info("process %d/%d, backend %s", jax.process_index(), jax.process_count(),
+               jax.default_backend())
+  try:
+    result = train.run(config, _WORKDIR.value)
+  except health.Diverged as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(3)
+  if result.get("preempted"):
+    print(f"preempted at step {result['step']}; checkpoint saved. Resume with the same command.")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,97 @@
+"""The Adam-v2 networks of one run: backbone g, heads h_L, h_C, h_D, and their pure apply functions.
+
+Student parameters are a dict {'backbone', 'head_l'} in stage L, plus {'head_c', 'head_d'} in stage
+LCD; the teacher is {'backbone', 'head_l'} (SPEC 1: h_C and h_D exist only in the student).
+"""
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from adam_v2_jax.models import heads, registry
+
+TEACHER_KEYS = ("backbone", "head_l")
+
+
+def compute_dtype(name: str):
+  """'auto' -> bfloat16 on GPU/TPU, float32 on CPU."""
+  if name == "auto":
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class Networks:
+  """The modules of a run (stateless Flax modules; parameters live in the train state)."""
+  backbone: nn.Module
+  head_l: nn.Module
+  head_c: nn.Module
+  head_d: nn.Module
+  dim: int
+  n_parts: int
+
+  def init_params(self, rng, mode: str, image_size: int):
+    """Fresh parameters of the student for `mode` and the backbone's batch_stats.
+
+    Returns (params, batch_stats) where batch_stats is {'backbone': ...} ({} without BatchNorm)."""
+    k_b, k_l, k_c, k_d = jax.random.split(rng, 4)
+    x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    variables = self.backbone.init(k_b, x, train=False)
+    feat = jnp.zeros((1, self.dim), jnp.float32)
+    params = {"backbone": variables["params"],
+              "head_l": self.head_l.init(k_l, feat)["params"]}
+    if mode == "LCD":
+      params.update(self.init_lcd_heads(k_c, k_d))
+    stats = variables.get("batch_stats")
+    return params, ({"backbone": stats} if stats is not None else {})
+
+  def init_lcd_heads(self, k_c, k_d):
+    """Fresh h_C and h_D parameters (the LCD stage starts them from scratch)."""
+    feat = jnp.zeros((1, self.dim), jnp.float32)
+    return {"head_c": self.head_c.init(k_c, jnp.zeros((1, self.n_parts * self.dim)))["params"],
+            "head_d": self.head_d.init(k_d, feat)["params"]}
+
+  def features(self, params, batch_stats, x, *, train=True, rng=None):
+    """g(x): [N,H,W,3] -> (float32[N,D], new batch_stats). BatchNorm uses batch statistics when
+    training (the teacher too, as in the released code) and updates the running ones."""
+    variables = {"params": params["backbone"], **({"batch_stats": batch_stats["backbone"]}
+                                                   if batch_stats else {})}
+    rngs = {"dropout": rng} if rng is not None else None
+    if batch_stats and train:
+      feat, updates = self.backbone.apply(variables, x, train=True, mutable=["batch_stats"],
+                                          rngs=rngs)
+      return feat, {"backbone": updates["batch_stats"]}
+    return self.backbone.apply(variables, x, train=train, rngs=rngs), batch_stats
+
+  def localizability(self, params, feat):
+    """h_L: float32[N, D] -> float32[N, K] logits."""
+    return self.head_l.apply({"params": params["head_l"]}, feat)
+
+  def compose(self, params, part_feats):
+    """h_C: float32[B, n*D] (parts concatenated row-major) -> float32[B, D]."""
+    return self.head_c.apply({"params": params["head_c"]}, part_feats)
+
+  def decompose(self, params, whole_feat):
+    """h_D: float32[B, D] -> float32[B, n*D]; slice i is part i."""
+    return self.head_d.apply({"params": params["head_d"]}, whole_feat)
+
+
+def build_networks(config) -> Networks:
+  """The networks of config.model (backbone name, dtype, head sizes) and config.views.n_parts."""
+  m = config.model
+  dtype = compute_dtype(m.dtype)
+  dim = registry.feature_dim(m.backbone)
+  n = config.views.n_parts
+  return Networks(
+      backbone=registry.create_backbone(m.backbone, dtype=dtype, drop_path=m.drop_path),
+      head_l=heads.DINOHead(m.out_dim, hidden_dim=m.head_hidden_dim,
+                            bottleneck_dim=m.head_bottleneck_dim, dtype=dtype),
+      head_c=heads.ComposeHead(dim, dtype=dtype),
+      head_d=heads.DecomposeHead(dim, n, dtype=dtype),
+      dim=dim, n_parts=n)
+
+
+def teacher_of(params):
+  """The student parameters the teacher mirrors (backbone and h_L)."""
+  return {k: params[k] for k in TEACHER_KEYS}

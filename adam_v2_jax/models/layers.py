@@ -1,0 +1,205 @@
+"""Shared pieces of the backbones, written to reproduce PyTorch/timm numerics.
+
+Everything here keeps parameters in float32 and computes in a configurable dtype. Normalisation
+statistics are always computed in float32.
+"""
+import math
+from typing import Any, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+# ---------------------------------------------------------------------------------------------
+# Initialisers matching PyTorch's.
+
+def trunc_normal(std: float = 0.02):
+  """timm's trunc_normal_(std): normal(0, std) truncated at +-2 (absolute), i.e. at +-100 std
+  for std=.02, which is a plain normal for all purposes."""
+  return nn.initializers.normal(stddev=std)
+
+
+def torch_default_kernel():
+  """nn.Linear / nn.Conv2d default weight init: U(+-1/sqrt(fan_in))."""
+  return nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_default_bias(fan_in: int):
+  """nn.Linear / nn.Conv2d default bias init: U(+-1/sqrt(fan_in))."""
+  bound = 1.0 / math.sqrt(max(fan_in, 1))
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+def kaiming_normal_fan_out():
+  """nn.init.kaiming_normal_(mode='fan_out', nonlinearity='relu') (ResNet convs)."""
+  return nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+# ---------------------------------------------------------------------------------------------
+# Activations and regularisers.
+
+def gelu(x: jax.Array) -> jax.Array:
+  """Exact (erf) GELU, PyTorch's nn.GELU() default."""
+  return nn.gelu(x, approximate=False)
+
+
+class DropPath(nn.Module):
+  """Stochastic depth per sample (timm DropPath, scale_by_keep): x * mask / keep.
+
+  Uses the 'dropout' RNG stream when train=True and rate > 0.
+  """
+  rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    if not train or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+def drop_path_rates(rate: float, total_blocks: int) -> Tuple[float, ...]:
+  """Linear stochastic-depth rule of timm: 0 for the first block, `rate` for the last."""
+  if total_blocks <= 1:
+    return (0.0,) * total_blocks
+  return tuple(rate * i / (total_blocks - 1) for i in range(total_blocks))
+
+
+# ---------------------------------------------------------------------------------------------
+# Convolutions and norms.
+
+def torch_padding(kernel: int, padding: int) -> Sequence[Tuple[int, int]]:
+  """Explicit symmetric padding as nn.Conv2d(padding=p) does ('SAME' differs at stride 2)."""
+  del kernel
+  return ((padding, padding), (padding, padding))
+
+
+def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, *, use_bias: bool,
+         dtype: Dtype, kernel_init, bias_init=nn.initializers.zeros, name: Optional[str] = None
+         ) -> nn.Conv:
+  """A Conv with torch-style explicit padding; kernel HWIO float32."""
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                 padding=torch_padding(kernel, padding), use_bias=use_bias, dtype=dtype,
+                 param_dtype=jnp.float32, kernel_init=kernel_init, bias_init=bias_init,
+                 name=name)
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm over the last axis, eps 1e-6 (timm ConvNeXt/ViT); statistics in float32.
+
+  Params: scale [C], bias [C] (torch: weight, bias).
+  """
+  epsilon: float = 1e-6
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+    return y.astype(self.dtype)
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm2d with PyTorch semantics, NHWC, statistics in float32.
+
+  train=True normalises with the batch statistics (biased variance). The running statistics
+  ("batch_stats": mean, var) are updated torch-style (momentum 0.1, unbiased variance) only when
+  the "batch_stats" collection is mutable, so a teacher can run with batch statistics without
+  touching its running averages. train=False uses the running statistics.
+  Params: scale, bias (torch: weight, bias); batch_stats: mean, var (running_mean/var).
+  """
+  momentum: float = 0.1     # torch convention: new = (1 - m) * old + m * batch
+  epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+  scale_init: Any = nn.initializers.ones
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    c = x.shape[-1]
+    scale = self.param("scale", self.scale_init, (c,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+    x32 = x.astype(jnp.float32)
+    if train:
+      axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(x32, axis=axes)
+      var = jnp.mean(jnp.square(x32 - mean), axis=axes)
+      if self.is_mutable_collection("batch_stats") and not self.is_initializing():
+        n = x32.size // c
+        unbiased = var * (n / max(n - 1, 1))
+        m = self.momentum
+        ra_mean.value = (1 - m) * ra_mean.value + m * jax.lax.stop_gradient(mean)
+        ra_var.value = (1 - m) * ra_var.value + m * jax.lax.stop_gradient(unbiased)
+    else:
+      mean, var = ra_mean.value, ra_var.value
+    mul = jax.lax.rsqrt(var + self.epsilon) * scale
+    y = (x32 - mean) * mul + bias
+    return y.astype(self.dtype)
+
+
+def resolve_depthwise_impl(impl: str) -> str:
+  """'auto' -> 'shift' on CPU (XLA:CPU's grouped conv is slow), 'conv' elsewhere."""
+  if impl == "auto":
+    return "shift" if jax.default_backend() == "cpu" else "conv"
+  if impl not in ("conv", "shift"):
+    raise ValueError(f"depthwise impl must be auto, conv or shift, got {impl!r}")
+  return impl
+
+
+def depthwise_conv_shift(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+  """Stride-1 depthwise convolution as a sum of shifted multiply-adds.
+
+  x: [N,H,W,C]; kernel: [k,k,1,C] (HWIO with feature_group_count=C); returns [N,H',W',C]
+  equal to lax.conv_general_dilated(..., feature_group_count=C) to float rounding.
+  """
+  k = kernel.shape[0]
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  h = xp.shape[1] - k + 1
+  w = xp.shape[2] - k + 1
+  out = None
+  for i in range(k):
+    rows = xp[:, i:i + h]
+    for j in range(k):
+      term = rows[:, :, j:j + w] * kernel[i, j, 0]
+      out = term if out is None else out + term
+  return out
+
+
+class DepthwiseConv(nn.Module):
+  """Depthwise k x k conv, stride 1, torch padding k//2, with bias (timm's conv_dw).
+
+  impl: 'conv' (feature_group_count conv, for GPU/TPU), 'shift' (shifted multiply-adds, fast on
+  XLA:CPU) or 'auto' (by jax.default_backend()). Same params either way: kernel [k,k,1,C], bias [C].
+  """
+  kernel_size: int = 7
+  dtype: Dtype = jnp.float32
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c, k = x.shape[-1], self.kernel_size
+    kernel = self.param("kernel", trunc_normal(0.02), (k, k, 1, c), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    x = x.astype(self.dtype)
+    kernel = kernel.astype(self.dtype)
+    if resolve_depthwise_impl(self.impl) == "shift":
+      y = depthwise_conv_shift(x, kernel, k // 2)
+    else:
+      y = jax.lax.conv_general_dilated(
+          x, kernel, window_strides=(1, 1), padding=torch_padding(k, k // 2),
+          dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
+    return y + bias.astype(self.dtype)

@@ -1,0 +1,61 @@
+"""The device mesh, the shardings of state and batch, and the global batch from per-host arrays.
+
+Data parallelism over one mesh axis 'data': parameters replicated, every batch array sharded along
+its leading (anchor) axis. Statistics over the batch axis (BatchNorm, the teacher center) are then
+global-batch statistics under jit, whatever the number of hosts.
+"""
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+DATA = "data"
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D mesh over all devices (all hosts). On multi-slice TPU pods the devices are ordered slice
+  by slice so the data axis spans the slices (DCN) outermost."""
+  devices = jax.devices() if devices is None else devices
+  if len({getattr(d, "slice_index", 0) for d in devices}) > 1:
+    from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
+    n_slices = len({d.slice_index for d in devices})
+    grid = mesh_utils.create_hybrid_device_mesh((len(devices) // n_slices,), (n_slices,), devices)
+    return Mesh(grid.reshape(-1), (DATA,), axis_types=(AxisType.Auto,))
+  return jax.make_mesh((len(devices),), (DATA,), axis_types=(AxisType.Auto,), devices=devices)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  """Leading axis split over the data axis."""
+  return NamedSharding(mesh, P(DATA))
+
+
+def global_batch(host_batch: dict, mesh: Mesh) -> dict:
+  """Assembles each process's local numpy batch (its contiguous slice of the global batch, in
+  process order) into global jax.Arrays sharded along the anchor axis."""
+  sharding = batch_sharded(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in host_batch.items()}
+
+
+def fetch(tree):
+  """Device arrays -> host numpy (replicated values are read from the local copy)."""
+  return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def process_slice(mesh: Mesh, global_size: int) -> tuple[int, int]:
+  """The contiguous rows [start, stop) of a global batch of `global_size` that this process feeds.
+
+  make_array_from_process_local_data takes each process's rows in the order of its devices in the
+  mesh; the pipeline must produce exactly those rows, so the global batch is the same whatever the
+  number of hosts."""
+  index_map = batch_sharded(mesh).addressable_devices_indices_map((global_size,))
+  spans = sorted((idx[0].start or 0, idx[0].stop or global_size) for idx in index_map.values())
+  start, stop = spans[0][0], spans[-1][1]
+  covered = sum(b - a for a, b in {s: None for s in spans})
+  if covered != stop - start:
+    raise ValueError(f"this process's devices hold non-contiguous batch rows {spans}; "
+                     "use a device order with each host's devices contiguous")
+  return start, stop

@@ -1,0 +1,153 @@
+"""Checks a config before anything is compiled or read: unknown keys, wrong types, values out of
+range. Every error names the key, the bad value and what is allowed."""
+import math
+import os
+import tempfile
+
+from adam_v2_jax import configlib
+from adam_v2_jax import layout as layout_lib
+
+DTYPES = ("auto", "float32", "bfloat16")
+SOURCES = ("phantom", "folder", "dicom", "tfds", "mixture")
+NORMALIZE = ("per_part", "joint")
+MIN_OUT_DIM = 64
+STAGE_KEYS = {"mode": str, "epochs": tuple}
+
+
+class ConfigError(ValueError):
+  """A configuration that cannot run; raised before any compute."""
+
+
+def _fail(key, value, allowed):
+  raise ConfigError(f"config key '{key}': got {value!r}; {allowed}")
+
+
+def _type_ok(default, value) -> bool:
+  if isinstance(default, bool) or isinstance(value, bool):
+    return isinstance(value, bool) and isinstance(default, bool)
+  if isinstance(default, float):
+    return isinstance(value, (int, float))
+  if isinstance(default, (tuple, list)):
+    return isinstance(value, (tuple, list))
+  return isinstance(value, type(default))
+
+
+def check_schema(config, base=None, prefix=""):
+  """Unknown keys and wrong types, recursively against configlib.base_config()."""
+  base = configlib.base_config() if base is None else base
+  for key in config.keys():
+    full = f"{prefix}{key}"
+    if key not in base:
+      close = [k for k in base.keys() if k.startswith(key[:3])]
+      _fail(full, config[key], f"unknown key; known keys here: {sorted(base.keys())}"
+            + (f" (did you mean {close[0]!r}?)" if close else ""))
+    default, value = base[key], config[key]
+    if hasattr(default, "keys"):
+      if not hasattr(value, "keys"):
+        _fail(full, value, "expected a group of keys (a ConfigDict)")
+      if key != "stages":
+        check_schema(value, default, full + ".")
+    elif key in ("stages", "mixture"):
+      if not isinstance(value, (list, tuple)):
+        _fail(full, value, "expected a list")
+    elif not _type_ok(default, value):
+      _fail(full, value, f"expected {type(default).__name__} like the default {default!r}")
+
+
+def check_stages(config):
+  if not config.stages:
+    _fail("stages", config.stages, "at least one stage is needed, e.g. [dict(mode='LCD', "
+          "epochs=(10, 90, 165))]")
+  for i, stage in enumerate(config.stages):
+    for k in stage.keys():
+      if k not in STAGE_KEYS:
+        _fail(f"stages[{i}].{k}", stage[k], f"allowed keys: {sorted(STAGE_KEYS)}")
+    if stage.get("mode") not in layout_lib.MODES:
+      _fail(f"stages[{i}].mode", stage.get("mode"), f"allowed: {list(layout_lib.MODES)}")
+    epochs = stage.get("epochs")
+    if (not isinstance(epochs, (list, tuple)) or not epochs
+        or any(not isinstance(e, int) or e < 0 for e in epochs) or sum(epochs) == 0):
+      _fail(f"stages[{i}].epochs", epochs, "a tuple of epochs per level m = 0, 1, ... of "
+            "non-negative ints with at least one > 0")
+
+
+def check_values(config, device_count: int):
+  m, d, v, l, o = config.model, config.data, config.views, config.loss, config.optim
+  from adam_v2_jax.models import registry  # pylint: disable=g-import-not-at-top
+  if m.backbone not in registry.names():
+    _fail("model.backbone", m.backbone, f"allowed: {list(registry.names())}")
+  if m.dtype not in DTYPES:
+    _fail("model.dtype", m.dtype, f"allowed: {list(DTYPES)}")
+  if m.out_dim < MIN_OUT_DIM:
+    _fail("model.out_dim", m.out_dim, f"must be >= {MIN_OUT_DIM} (the released recipe uses "
+          "65536); a tiny output makes the localizability head collapse")
+  if m.init_from and not os.path.isfile(m.init_from):
+    _fail("model.init_from", m.init_from, "no such file (a timm/torchvision state_dict)")
+  if d.source not in SOURCES:
+    _fail("data.source", d.source, f"allowed: {list(SOURCES)}")
+  if d.source in ("folder", "dicom") and not d.path:
+    _fail("data.path", d.path, f"data.source={d.source!r} needs a dataset: pass "
+          "--config.data.path=/path/to/images (or use a :smoke/demo config for the phantom)")
+  if d.source == "tfds" and not d.tfds_name:
+    _fail("data.tfds_name", d.tfds_name, "data.source='tfds' needs the dataset name made by "
+          "python -m adam_v2_jax.prepare")
+  if d.source == "mixture" and not d.mixture:
+    _fail("data.mixture", d.mixture, "data.source='mixture' needs a list of sources")
+  if d.channels not in (1, 3):
+    _fail("data.channels", d.channels, "1 (grey) or 3 (colour)")
+  if config.per_device_batch < 1:
+    _fail("per_device_batch", config.per_device_batch, "must be >= 1")
+  if (config.per_device_batch * device_count) % max(1, _process_count()):
+    _fail("per_device_batch", config.per_device_batch, "the global batch must split evenly "
+          "over the processes")
+  if l.decompose_normalize not in NORMALIZE:
+    _fail("loss.decompose_normalize", l.decompose_normalize, f"allowed: {list(NORMALIZE)}")
+  if len(l.weights) != 3 or any(w < 0 for w in l.weights) or sum(l.weights) == 0:
+    _fail("loss.weights", l.weights, "three non-negative weights (localizability, "
+          "composability, decomposability), not all 0")
+  root = math.isqrt(v.n_parts)
+  if v.n_parts < 1 or root * root != v.n_parts:
+    _fail("views.n_parts", v.n_parts, "a square number (parts form a k x k grid; 4 by default)")
+  for key in ("global_size", "local_size", "n_local"):
+    if v[key] < 1:
+      _fail(f"views.{key}", v[key], "must be >= 1")
+  if d.canvas_size < v.global_size // 2:
+    _fail("data.canvas_size", d.canvas_size, f"must be >= views.global_size / 2 "
+          f"({v.global_size // 2}); 2 x global_size keeps parts at full resolution")
+  deepest = max(len(s.epochs) - 1 for s in config.stages)
+  if d.source == "phantom" and d.phantom_size >> deepest < v.local_size:
+    _fail(f"stages (level {deepest})", deepest, f"the phantom's {d.phantom_size} px images give "
+          f"{d.phantom_size >> deepest} px anchors at level {deepest}, smaller than a local view "
+          f"({v.local_size} px): raise data.phantom_size or drop the level")
+  if o.clip_grad < 0 or o.lr <= 0 or o.warmup_epochs < 0 or o.freeze_last_layer_epochs < 0:
+    _fail("optim", dict(clip_grad=o.clip_grad, lr=o.lr, warmup_epochs=o.warmup_epochs,
+                        freeze_last_layer_epochs=o.freeze_last_layer_epochs),
+          "clip_grad >= 0, lr > 0, warmup and freeze epochs >= 0")
+  if not 0.0 <= o.momentum_teacher <= 1.0:
+    _fail("optim.momentum_teacher", o.momentum_teacher, "must be in [0, 1]")
+  for key in ("log_every", "checkpoint_every", "keep_checkpoints", "max_bad_steps"):
+    if config[key] < 1:
+      _fail(key, config[key], "must be >= 1")
+
+
+def check_workdir(workdir: str):
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    raise ConfigError(f"--workdir {workdir!r} is not writable: {e}") from e
+
+
+def _process_count() -> int:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_count()
+
+
+def check(config, device_count: int, workdir: str | None = None):
+  """All checks; raises ConfigError naming the first problem."""
+  check_schema(config)
+  check_stages(config)
+  check_values(config, device_count)
+  if workdir is not None:
+    check_workdir(workdir)

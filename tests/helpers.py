@@ -1,0 +1,42 @@
+"""Shared test fixtures: a tiny config and synthetic batches in the layout.py format."""
+import numpy as np
+
+from adam_v2_jax import configlib, layout as layout_lib
+
+
+def tiny_config(backbone="tiny_resnet"):
+  """A smoke config, even smaller: views 32/16 px from 64 px canvases, K = 64."""
+  c = configlib.smoke(configlib.base_config())
+  c.model.backbone = backbone
+  c.model.out_dim, c.model.head_hidden_dim, c.model.head_bottleneck_dim = 64, 32, 16
+  c.views.global_size, c.views.local_size, c.views.n_local = 32, 16, 2
+  c.data.canvas_size = 64
+  c.optim.freeze_last_layer_epochs = 0
+  return c
+
+
+def synthetic_batch(config, mode, batch, seed=0):
+  """A batch of smooth random canvases and valid random view parameters (numpy)."""
+  lay = layout_lib.layout_from_config(config, mode)
+  rng = np.random.default_rng(seed)
+  v, s, c = lay.num_views, config.data.canvas_size, config.data.channels
+  yy, xx = np.mgrid[0:s, 0:s] / s
+  canvas = np.stack([
+      127 + 100 * np.sin(6 * yy * rng.uniform(.5, 2) + 4 * xx * rng.uniform(.5, 2))
+      for _ in range(batch * c)]).reshape(batch, c, s, s).transpose(0, 2, 3, 1)
+  hw = rng.uniform(0.4, 0.8, size=(batch, v, 2))
+  tl = rng.uniform(0, 1, size=(batch, v, 2)) * (1 - hw)
+  return {
+      "canvas": np.clip(canvas, 0, 255).astype(np.uint8),
+      "crop": np.concatenate([tl, hw], -1).astype(np.float32),
+      "angle": rng.uniform(-10, 10, size=(batch, v)).astype(np.float32),
+      "jitter": np.stack([rng.uniform(.6, 1.4, (batch, v)), rng.uniform(.6, 1.4, (batch, v)),
+                          rng.uniform(.8, 1.2, (batch, v)), rng.uniform(-.1, .1, (batch, v))],
+                         -1).astype(np.float32),
+      "jitter_order": np.stack([[rng.permutation(4) for _ in range(v)] for _ in range(batch)]
+                               ).astype(np.int32),
+      "blur_sigma": (rng.uniform(.1, 2, (batch, v)) * (rng.uniform(size=(batch, v)) < .5)
+                     ).astype(np.float32),
+      "index": np.arange(batch, dtype=np.int32),
+      "skipped": np.zeros(batch, np.int32),
+  }

@@ -1,0 +1,145 @@
+"""data/dicom.py: generated DICOM (MONOCHROME1/2, rescale, window, VOI LUT, depths), a real CR."""
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from adam_v2_jax.data import dicom
+from adam_v2_jax.data.records import BadRecord
+
+
+def write_dicom(path, pixels, *, photometric="MONOCHROME2", bits_stored=12, signed=False,
+                **elements):
+  """A single-frame grey DICOM file at `path`; `elements`: extra data elements (keyword=value)."""
+  meta = FileMetaDataset()
+  meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+  meta.MediaStorageSOPInstanceUID = generate_uid()
+  meta.TransferSyntaxUID = ExplicitVRLittleEndian
+  ds = Dataset()
+  ds.file_meta = meta
+  ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+  ds.Modality = "CR"
+  ds.Rows, ds.Columns = pixels.shape
+  ds.SamplesPerPixel = 1
+  ds.PhotometricInterpretation = photometric
+  ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits_stored, bits_stored - 1
+  ds.PixelRepresentation = int(signed)
+  for key, value in elements.items():
+    setattr(ds, key, value)
+  ds.PixelData = pixels.astype(np.int16 if signed else np.uint16).tobytes()
+  ds.save_as(path, enforce_file_format=True)
+  return str(path)
+
+
+def _pixels():
+  return np.array([[0, 1000, 2048], [3000, 4000, 4095]], np.uint16)
+
+
+def test_monochrome2_scales_by_stored_bits(tmp_path):
+  p = _pixels()
+  out = dicom.read_dicom(write_dicom(tmp_path / "m2.dcm", p))
+  assert out.shape == (2, 3, 1) and out.dtype == np.uint8
+  np.testing.assert_array_equal(out[:, :, 0], np.round(p / 4095 * 255))
+  # The same values declared as 16 stored bits are 16 times darker: BitsStored is honoured.
+  out16 = dicom.read_dicom(write_dicom(tmp_path / "b16.dcm", p, bits_stored=16))
+  np.testing.assert_array_equal(out16[:, :, 0], np.round(p / 65535 * 255))
+
+
+def test_monochrome1_is_inverted(tmp_path):
+  p = _pixels()
+  m2 = dicom.read_dicom(write_dicom(tmp_path / "m2.dcm", p))
+  m1 = dicom.read_dicom(write_dicom(tmp_path / "m1.dcm", p, photometric="MONOCHROME1"))
+  np.testing.assert_array_equal(m1.astype(int), 255 - m2.astype(int))
+  assert m1[0, 0, 0] == 255  # stored 0 is white in MONOCHROME1
+
+
+def test_sixteen_bit_output(tmp_path):
+  out = dicom.read_dicom(write_dicom(tmp_path / "m2.dcm", _pixels()), bit_depth=16)
+  assert out.dtype == np.uint16
+  np.testing.assert_array_equal(out[:, :, 0], np.round(_pixels() / 4095 * 65535))
+
+
+def _linear_window(x, center, width):
+  """DICOM PS3.3 C.11.2.1.2.1 LINEAR window onto [0, 1], written out from the standard."""
+  return np.clip((x - (center - 0.5)) / (width - 1) + 0.5, 0, 1)
+
+
+def test_window_center_width(tmp_path):
+  p = np.array([[0, 700, 900, 1000, 1100, 1300, 4095]], np.uint16)
+  out = dicom.read_dicom(write_dicom(tmp_path / "w.dcm", p, WindowCenter=1000, WindowWidth=400))
+  np.testing.assert_array_equal(out[0, :, 0], np.round(_linear_window(p[0], 1000, 400) * 255))
+  assert out[0, 0, 0] == 0 and out[0, -1, 0] == 255 and 0 < out[0, 3, 0] < 255
+
+
+def test_rescale_then_window_in_rescaled_units(tmp_path):
+  p = np.array([[0, 400, 500, 512, 524, 600, 4095]], np.uint16)
+  hu = p * 2.0 - 1024  # slope 2, intercept -1024
+  out = dicom.read_dicom(write_dicom(tmp_path / "r.dcm", p, RescaleSlope=2, RescaleIntercept=-1024,
+                                     WindowCenter=0, WindowWidth=100))
+  np.testing.assert_array_equal(out[0, :, 0], np.round(_linear_window(hu[0], 0, 100) * 255))
+
+
+def test_rescale_without_window_uses_rescaled_bit_range(tmp_path):
+  p = _pixels()
+  out = dicom.read_dicom(write_dicom(tmp_path / "r.dcm", p, RescaleSlope=-1, RescaleIntercept=0))
+  # Slope -1 maps stored 0..4095 onto -4095..0: higher stored values are darker.
+  np.testing.assert_array_equal(out[:, :, 0], np.round((4095 - p) / 4095 * 255))
+
+
+def test_voi_lut_sequence(tmp_path):
+  item = Dataset()
+  item.LUTDescriptor = [4096, 0, 8]  # 4096 entries from stored value 0, 8-bit entries
+  lut = (255 - np.arange(4096) // 16).astype(np.uint16)  # a decreasing ramp
+  item.LUTData = lut.tolist()
+  item["LUTData"].VR = "US"
+  p = _pixels()
+  out = dicom.read_dicom(write_dicom(tmp_path / "lut.dcm", p, VOILUTSequence=[item]))
+  np.testing.assert_array_equal(out[:, :, 0], lut[p])
+
+
+def test_minmax_normalize(tmp_path):
+  p = np.array([[100, 200, 300]], np.uint16)
+  path = write_dicom(tmp_path / "mm.dcm", p)
+  np.testing.assert_array_equal(dicom.read_dicom(path, normalize="minmax")[0, :, 0], [0, 128, 255])
+  assert dicom.read_dicom(path)[0, :, 0].max() < 20  # the stored-bit range: dark
+
+
+def test_real_chest_cr_monochrome1():
+  path = get_testdata_file("RG1_UNCR.dcm")
+  assert pydicom.dcmread(path).PhotometricInterpretation == "MONOCHROME1"
+  out = dicom.read_dicom(path)
+  assert out.shape == (1955, 1841, 1) and out.dtype == np.uint8
+  h, w = out.shape[:2]
+  lungs = np.concatenate([out[int(.3 * h):int(.5 * h), int(.2 * w):int(.3 * w)].ravel(),
+                          out[int(.3 * h):int(.5 * h), int(.7 * w):int(.8 * w)].ravel()])
+  spine = out[int(.3 * h):int(.5 * h), int(.48 * w):int(.52 * w)]
+  assert spine.mean() > lungs.mean() + 20  # bone bright, air dark: the inversion is right
+  # The lossless JPEG 2000 copy of the same image decodes to the same pixels.
+  np.testing.assert_array_equal(dicom.read_dicom(get_testdata_file("RG1_J2KR.dcm")), out)
+
+
+def test_bad_dicom_files(tmp_path):
+  (tmp_path / "empty.dcm").write_bytes(b"")
+  with pytest.raises(BadRecord, match="empty.dcm: zero-byte"):
+    dicom.read_dicom(str(tmp_path / "empty.dcm"))
+  (tmp_path / "text.dcm").write_text("not a dicom file\n" * 20)
+  with pytest.raises(BadRecord, match="text.dcm: unreadable DICOM"):
+    dicom.read_dicom(str(tmp_path / "text.dcm"))
+  path = write_dicom(tmp_path / "short.dcm", _pixels())
+  data = open(path, "rb").read()
+  (tmp_path / "short.dcm").write_bytes(data[:-6])  # pixel data cut short
+  with pytest.raises(BadRecord, match="short.dcm: "):
+    dicom.read_dicom(str(tmp_path / "short.dcm"))
+  ds = pydicom.dcmread(path)
+  del ds.PixelData
+  ds.save_as(tmp_path / "nopix.dcm")
+  with pytest.raises(BadRecord, match="nopix.dcm: DICOM without pixel data"):
+    dicom.read_dicom(str(tmp_path / "nopix.dcm"))
+
+
+def test_is_dicom_file(tmp_path):
+  assert dicom.is_dicom_file(write_dicom(tmp_path / "noext", _pixels()))
+  (tmp_path / "readme").write_text("hello")
+  assert not dicom.is_dicom_file(str(tmp_path / "readme"))

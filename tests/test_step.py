@@ -1,0 +1,137 @@
+"""The train step: losses finite, EMA formula, freeze, non-finite skip, 8 devices == 1 device."""
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from adam_v2_jax import layout as layout_lib
+from adam_v2_jax import model as model_lib
+from adam_v2_jax import optim, schedules, sharding, state as state_lib, step as step_lib
+from tests import helpers
+
+
+def make(config, mode, devices=None, epochs=(2,)):
+  """(jitted step, initial state, mesh) for one stage of `mode` on `devices`."""
+  mesh = sharding.make_mesh(devices)
+  nets = model_lib.build_networks(config)
+  stage = ml_collections.ConfigDict(dict(mode=mode, epochs=epochs))
+  batch = config.per_device_batch * len(mesh.devices.flat)
+  sched = schedules.stage_schedules(config, stage, steps_per_epoch=2, global_batch=batch)
+  tx = optim.make_optimizer(config, sched)
+  state, sh = state_lib.replicated_on(mesh, lambda r: state_lib.initial_state(
+      nets, tx, r, mode, config.views.global_size, config.model.out_dim), jax.random.key(0))
+  fn = jax.jit(step_lib.make_train_step(config, nets, layout_lib.layout_from_config(config, mode),
+                                        sched, tx),
+               in_shardings=(sh, sharding.batch_sharded(mesh), sharding.replicated(mesh)),
+               out_shardings=(sh, sharding.replicated(mesh)))
+  return fn, state, mesh
+
+
+def run_steps(fn, state, mesh, config, mode, n, batch, poison=None):
+  out = []
+  for i in range(n):
+    host = helpers.synthetic_batch(config, mode, batch, seed=i)
+    if poison is not None:
+      host["poison"] = np.full(batch, poison[i])
+    state, m = fn(state, sharding.global_batch(host, mesh), jax.random.key(i))
+    out.append(jax.device_get(m))
+  return state, out
+
+
+@pytest.mark.parametrize("mode", ["L", "LCD"])
+def test_step_runs_and_moves_the_teacher_by_ema(mode):
+  c = helpers.tiny_config()
+  fn, state, mesh = make(c, mode)
+  state, _ = run_steps(fn, state, mesh, c, mode, 1, 4)  # step 0 has lr 0 (warm-up from 0)
+  before = jax.device_get(state)
+  new, m = fn(state, sharding.global_batch(helpers.synthetic_batch(c, mode, 4, seed=5), mesh),
+              jax.random.key(1))
+  m = jax.device_get(m)
+  for k in ("loss", "loss_localizability", "lr", "wd", "momentum", "teacher_entropy",
+            "grad_norm"):
+    assert np.isfinite(m[k]), k
+  if mode == "LCD":
+    assert m["loss_composability"] > 0 and m["loss_decomposability"] > 0
+    assert set(new.params) == {"backbone", "head_l", "head_c", "head_d"}
+  else:
+    assert m["loss_composability"] == 0 and set(new.params) == {"backbone", "head_l"}
+  assert m["loss"] == pytest.approx(m["loss_localizability"] + m["loss_composability"]
+                                    + m["loss_decomposability"], rel=1e-5)
+  assert int(new.step) == 2
+  mom = float(m["momentum"])
+  new = jax.device_get(new)
+  want = jax.tree.map(lambda t, s: mom * t + (1 - mom) * s, before.teacher,
+                      model_lib.teacher_of(new.params))
+  for got, ref in zip(jax.tree.leaves(new.teacher), jax.tree.leaves(want)):
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7)
+  k0 = new.params["backbone"], before.params["backbone"]
+  assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(k0[0]), jax.tree.leaves(k0[1])))
+
+
+def test_last_layer_frozen_during_first_epoch():
+  c = helpers.tiny_config()
+  c.optim.freeze_last_layer_epochs = 1
+  fn, state, mesh = make(c, "LCD")
+  w0 = np.asarray(state.params["head_l"]["last_layer"]["kernel"])
+  state, _ = run_steps(fn, state, mesh, c, "LCD", 2, 4)  # steps_per_epoch = 2: all frozen
+  np.testing.assert_array_equal(state.params["head_l"]["last_layer"]["kernel"], w0)
+  state, _ = run_steps(fn, state, mesh, c, "LCD", 1, 4)
+  assert not np.allclose(state.params["head_l"]["last_layer"]["kernel"], w0)
+
+
+def test_non_finite_step_is_not_applied():
+  c = helpers.tiny_config()
+  fn, state, mesh = make(c, "LCD")
+  state, _ = run_steps(fn, state, mesh, c, "LCD", 1, 4)
+  before = jax.device_get(state)
+  state, ms = run_steps(fn, state, mesh, c, "LCD", 2, 4, poison=[True, True])
+  assert [m["finite"] for m in ms] == [0.0, 0.0]
+  assert not np.isfinite(ms[0]["loss_localizability"])
+  assert int(state.bad_steps) == 2 and int(state.step) == 1
+  for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(before.params)):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(state.center, before.center)
+  state, ms = run_steps(fn, state, mesh, c, "LCD", 1, 4, poison=[False])
+  assert int(state.bad_steps) == 0 and int(state.step) == 2
+
+
+SHARDED = r"""
+import jax, numpy as np, sys
+sys.path.insert(0, {root!r})
+from tests import test_step, helpers
+c = helpers.tiny_config({backbone!r})
+c.per_device_batch = 1
+res = []
+for devices in (jax.devices()[:1], jax.devices()):
+  if len(devices) == 1:
+    c.per_device_batch = 8
+  else:
+    c.per_device_batch = 1
+  fn, state, mesh = test_step.make(c, "LCD", devices)
+  state, ms = test_step.run_steps(fn, state, mesh, c, "LCD", 2, 8)
+  res.append((ms, jax.device_get(state)))
+(m1, s1), (m8, s8) = res
+for a, b in zip(m1, m8):
+  for k in ("loss", "loss_localizability", "loss_composability", "loss_decomposability"):
+    np.testing.assert_allclose(a[k], b[k], rtol=2e-4, err_msg=k)
+for x, y in zip(jax.tree.leaves(s1), jax.tree.leaves(s8)):
+  np.testing.assert_allclose(x, y, rtol=2e-3, atol=2e-5)
+print("SAME", m1[-1]["loss"], m8[-1]["loss"])
+"""
+
+
+@pytest.mark.parametrize("backbone", ["tiny_resnet", "tiny_vit"])
+def test_eight_devices_match_one(backbone):
+  """Global-batch semantics: BatchNorm statistics and the center over all devices."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", SHARDED.format(root=root, backbone=backbone)],
+                       env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "SAME" in out.stdout
