@@ -31,7 +31,8 @@ class Checkpointer:
 
   def steps(self) -> list[int]:
     """Saved (complete) steps, oldest first."""
-    return sorted(self._mngr.all_steps(read=True))
+    self._mngr.reload()
+    return sorted(self._mngr.all_steps())
 
   def save(self, step: int, state, position: dict, data_iter=None):
     """Starts writing a checkpoint of global step `step` (asynchronously; see wait)."""

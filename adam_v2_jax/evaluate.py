@@ -57,13 +57,18 @@ def _teacher_embed(config, variables, batch_size: int):
 
 
 def _random_variables(config, seed: int, size: int):
-  """Freshly initialised backbone variables of config.model.backbone (the random baseline)."""
+  """Freshly initialised backbone variables of config.model.backbone (the random baseline).
+
+  The architecture's own initialisers under one jit; an RBG key because threefry's bit
+  generation takes several times longer to compile on CPU for the same distributions.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from adam_v2_jax.models import registry  # pylint: disable=g-import-not-at-top
   net = registry.create_backbone(config.model.backbone)
   x = jnp.zeros((1, size, size, 3), jnp.float32)
-  return jax.tree.map(np.asarray, dict(net.init(jax.random.key(seed), x, train=False)))
+  init = jax.jit(lambda key: net.init(key, x, train=False))
+  return jax.tree.map(np.asarray, dict(init(jax.random.key(seed, impl="rbg"))))
 
 
 def load_models(workdirs, names=None, step=None, random_init=True, seed=0, input_size=224,

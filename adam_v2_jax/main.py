@@ -45,8 +45,17 @@ def init_distributed():
     jax.distributed.initialize()
 
 
+class _QuietLibraries:
+  """Drops INFO lines of orbax, grain and jax (tens per checkpoint); warnings still show."""
+
+  def filter(self, record):
+    noisy = any(f"/{lib}/" in record.pathname for lib in ("orbax", "grain", "jax", "etils"))
+    return record.levelno >= logging.WARNING or not noisy
+
+
 def main(argv):
   del argv
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   init_distributed()
   import jax  # pylint: disable=g-import-not-at-top
   from adam_v2_jax import health, train, validate  # pylint: disable=g-import-not-at-top

@@ -54,7 +54,7 @@ class MetricWriter:
     parts = [f"step {step}/{self.total_steps}",
              f"stage {record.get('stage')} ({record.get('mode')}) level {record.get('level')}"]
     parts += [f"{k.replace('loss_', '')} {record[k]:.4g}" for k in CONSOLE_KEYS if k in record]
-    if "images_per_sec" in record:
+    if record.get("images_per_sec") is not None:
       parts.append(f"{record['images_per_sec']:.1f} anchors/s")
     if eta is not None:
       parts.append(f"ETA {format_seconds(eta)}")

@@ -173,11 +173,13 @@ def _run_segment(config, seg, state, step_fn, it, done, mesh, root_key, ckpt, wr
       last = _check(pending, watch, ckpt, config, sched, seg, writer)
     pending = (g, metrics, state.bad_steps)
     n_log += 1
-    if g == seg.start + done:
+    if k == done:  # the first step of a segment compiles and fills the pipeline: not timed
+      jax.block_until_ready(metrics)
       writer.start_clock(g + 1)
+      t_log, n_log = time.perf_counter(), 0
     if (g + 1) % config.log_every == 0 or k == seg.steps - 1:
       last = _check(pending, watch, ckpt, config, sched, seg, writer, log=True,
-                    rate=n_log * global_batch / (time.perf_counter() - t_log))
+                    rate=n_log * global_batch / (time.perf_counter() - t_log) if n_log else None)
       pending, t_log, n_log = None, time.perf_counter(), 0
     if (g + 1) % config.checkpoint_every == 0 and k < seg.steps - 1:
       ckpt.save(g + 1, state, _position(seg, k + 1), it)
@@ -206,7 +208,6 @@ def _check(pending, watch, ckpt, config, sched, seg, writer, log=False, rate=Non
     stage_step = g - seg.stage_start
     watch.log(g + 1, m, past_warmup=stage_step >= config.optim.warmup_epochs * sched.steps_per_epoch)
     record = {"stage": seg.stage, "mode": seg.mode, "level": seg.level, **m}
-    if rate is not None:
-      record["images_per_sec"] = rate
+    record["images_per_sec"] = rate  # None (null) for a window holding only a compile step
     writer.write(g + 1, record)
   return m

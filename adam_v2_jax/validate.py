@@ -74,8 +74,8 @@ def check_stages(config):
 def check_values(config, device_count: int):
   m, d, v, l, o = config.model, config.data, config.views, config.loss, config.optim
   from adam_v2_jax.models import registry  # pylint: disable=g-import-not-at-top
-  if m.backbone not in registry.names():
-    _fail("model.backbone", m.backbone, f"allowed: {list(registry.names())}")
+  if m.backbone not in registry.NAMES:
+    _fail("model.backbone", m.backbone, f"allowed: {list(registry.NAMES)}")
   if m.dtype not in DTYPES:
     _fail("model.dtype", m.dtype, f"allowed: {list(DTYPES)}")
   if m.out_dim < MIN_OUT_DIM:

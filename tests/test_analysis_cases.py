@@ -64,9 +64,14 @@ def test_read_image_bad_file_and_sixteen_bit(tmp_path):
   bad = _write(tmp_path / "x.png", "not a png")
   with pytest.raises(ValueError, match="x.png: cannot read image"):
     cases_lib.read_image(bad)
-  a16 = np.array([[1000, 3000], [5000, 1000]], np.uint16)
+  a16 = np.array([[0, 257 * 128], [65535, 257]], np.uint16)
   Image.fromarray(a16).save(tmp_path / "a16.png")
   np.testing.assert_array_equal(cases_lib.read_image(str(tmp_path / "a16.png"))[..., 0],
+                                [[0, 128], [255, 1]])  # full range, as training reads it
+
+
+def test_as_uint8_hwc_scales_other_dtypes_by_their_range():
+  np.testing.assert_array_equal(cases_lib.as_uint8_hwc(np.array([[1.0, 3.0], [5.0, 1.0]]))[..., 0],
                                 [[0, 128], [255, 0]])
 
 

@@ -66,6 +66,7 @@ def test_run_writes_config_metrics_and_checkpoints(reference):
               "loss_decomposability", "lr", "momentum", "images_per_sec"):
     assert all(key in r for r in rows), key
   assert all(np.isfinite(r["loss"]) for r in rows)
+  assert all(r["images_per_sec"] > 0 for r in rows[1::2])  # the first of a level: compile only
   assert [r["stage"] for r in rows] == [0] * 4 + [1] * 4
   assert [r["level"] for r in rows] == [0, 0, 1, 1] * 2
   assert all(r["loss_composability"] == 0 for r in rows[:4])

@@ -4,8 +4,8 @@ CSV format (one row per landmark instance, header required, extra columns ignore
   image,landmark,x,y[,patient]
   images/00000001_000.png,carina,512.0,430.5
 `image` is a path relative to the CSV's folder (or absolute); x is the column and y the row in
-pixels of that image; `patient` groups images of one person (defaults to the image path). PNG,
-JPEG, TIFF, BMP and DICOM (.dcm) images are read; 16-bit or float images are scaled to uint8.
+pixels of that image (pixel centres at integers); `patient` groups images of one person
+(defaults to the image path). Images are decoded as training decodes them (PNG, JPEG, DICOM).
 """
 import csv
 import dataclasses
@@ -13,7 +13,6 @@ import os
 from typing import Callable
 
 import numpy as np
-from PIL import Image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,22 +53,18 @@ def as_uint8_hwc(image: np.ndarray, name: str = "image") -> np.ndarray:
 
 
 def read_image(path: str) -> np.ndarray:
-  """uint8[H, W, C] of an image file (PIL formats or DICOM); ValueError naming the path if bad."""
+  """uint8[H, W, C] of an image file, decoded as training decodes it (data/decode.py: PNG, JPEG
+  and other PIL formats; data/dicom.py: DICOM with its display window); 16-bit pixels scale by
+  the full range. ValueError naming the path if it cannot be read."""
+  from adam_v2_jax.data import decode, dicom, records  # numpy/PIL-only modules
   try:
-    if path.lower().endswith((".dcm", ".dicom")):
-      import pydicom  # only DICOM needs it
-      ds = pydicom.dcmread(path)
-      arr = ds.pixel_array.astype(np.float64)
-      if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
-        arr = arr.max() - arr  # MONOCHROME1 stores bright as low values
+    if path.lower().endswith(dicom.DICOM_EXTENSIONS) or dicom.is_dicom_file(path):
+      image = dicom.read_dicom(path, bit_depth=8)
     else:
-      with Image.open(path) as im:
-        if im.mode not in ("L", "RGB", "I", "I;16", "F", "RGBA"):
-          im = im.convert("RGB")
-        arr = np.asarray(im)
-  except (OSError, ValueError, AttributeError) as e:
+      image = decode.to_depth(decode.decode_image(decode.read_bytes(path), path), 8)
+  except records.BadRecord as e:
     raise ValueError(f"{path}: cannot read image ({e})") from e
-  return as_uint8_hwc(arr, path)
+  return as_uint8_hwc(image, path)
 
 
 def phantom_cases(seed: int = 0, count: int = 100, size: int = 512, start: int = 0) -> list[Case]:

