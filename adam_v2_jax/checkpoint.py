@@ -18,11 +18,16 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 
+class Unreadable(RuntimeError):
+  """A checkpoint failed to restore; it has been moved aside."""
+
+
 class Checkpointer:
   """Saves and restores (state, position, data iterator) at global steps."""
 
   def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
     self.workdir = workdir
+    self._last_saved = None
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     self._mngr = ocp.CheckpointManager(
         self.directory,
@@ -35,7 +40,11 @@ class Checkpointer:
     return sorted(self._mngr.all_steps())
 
   def save(self, step: int, state, position: dict, data_iter=None):
-    """Starts writing a checkpoint of global step `step` (asynchronously; see wait)."""
+    """Starts writing a checkpoint of global step `step` (asynchronously; see wait). A step
+    already saved by this run is not written twice."""
+    if step == self._last_saved:
+      return
+    self._last_saved = step
     items = {"state": ocp.args.StandardSave(state), "position": ocp.args.JsonSave(position)}
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iter)
@@ -55,7 +64,11 @@ class Checkpointer:
              "position": ocp.args.JsonRestore()}
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-    out = self._mngr.restore(step, args=ocp.args.Composite(**items))
+    try:
+      out = self._mngr.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # pylint: disable=broad-except
+      self.set_aside(step, e)
+      raise Unreadable(f"checkpoint {step} is unreadable and was moved aside") from e
     return out["state"], out["position"]
 
   def latest_good_position(self):

@@ -12,6 +12,7 @@ each image resized to size x size with PIL bicubic, grey replicated to 3 channel
 [0, 1], normalised with the run's mean/std (ImageNet's by default). Batches are sharded over the
 local devices.
 """
+import functools
 import os
 import sys
 from typing import Callable, Iterable, Optional, Sequence
@@ -99,21 +100,27 @@ def list_images(path: str) -> list:
 # ---------------------------------------------------------------------------------------------
 # Device side.
 
+@functools.lru_cache(maxsize=32)
+def _jitted(apply_fn: Callable, devices: tuple):
+  """One jit per (apply_fn, devices), so repeated calls reuse the compilation."""
+  mesh = jax.sharding.Mesh(np.asarray(devices), ("batch",))
+  data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+  repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  fn = jax.jit(lambda v, x: apply_fn(v, x).astype(jnp.float32), in_shardings=(repl, data),
+               out_shardings=repl)
+  return fn, repl
+
+
 def make_feature_fn(apply_fn: Callable, variables, batch_size: int):
   """A jitted features(x: float32[B,H,W,3]) -> float32[B,D] with B sharded over local devices.
 
   apply_fn(variables, x) -> [B, D]. Returns (fn, padded batch) where padded batch is batch_size
   rounded up to a multiple of the local device count.
   """
-  devices = jax.local_devices()
-  per = -(-batch_size // len(devices))
-  batch = per * len(devices)
-  mesh = jax.sharding.Mesh(np.asarray(devices), ("batch",))
-  data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
-  repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  devices = tuple(jax.local_devices())
+  batch = -(-batch_size // len(devices)) * len(devices)
+  fn, repl = _jitted(apply_fn, devices)
   variables = jax.device_put(variables, repl)
-  fn = jax.jit(lambda v, x: apply_fn(v, x).astype(jnp.float32), in_shardings=(repl, data),
-               out_shardings=repl)
   return (lambda x: fn(variables, x)), batch
 
 
@@ -168,8 +175,13 @@ def embed_arrays(apply_fn: Callable, variables, images, *, size: Optional[int] =
 
 def backbone_apply(config, dtype=jnp.float32):
   """(variables, x) -> features of config.model.backbone in eval mode."""
+  return _backbone_apply(config.model.backbone, dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _backbone_apply(name: str, dtype):
   from adam_v2_jax.models import registry   # pylint: disable=g-import-not-at-top
-  net = registry.create_backbone(config.model.backbone, dtype=dtype)
+  net = registry.create_backbone(name, dtype=dtype)
   return lambda v, x: net.apply(v, x, train=False)
 
 

@@ -78,5 +78,18 @@ def main(argv):
     print(f"preempted at step {result['step']}; checkpoint saved. Resume with the same command.")
 
 
+def parse_flags(argv):
+  """absl flag parsing that turns a bad --config.key=value into one clear line (exit 2)."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError, TypeError, ValueError, flags.Error) as e:
+    bad = [a for a in argv[1:] if a.startswith("--config.")]
+    lines = [l.strip() for l in str(e).replace("\\n", "\n").splitlines() if l.strip()]
+    msg = lines[-1] if "Traceback" in str(e) else " ".join(lines)
+    msg = msg.replace("\\'", "'").strip("'\"")
+    print(f"error: bad configuration flag among {bad or argv[1:]}: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -59,6 +59,14 @@ def run(config, workdir: str) -> dict:
   """Trains per `config` in `workdir`, resuming from its latest good checkpoint. Returns the last
   logged metrics. Raises health.Diverged on divergence; returns early (exit 0 in main) after a
   SIGTERM checkpoint, with 'preempted': True in the result."""
+  while True:
+    try:
+      return _run(config, workdir)
+    except checkpoint_lib.Unreadable as e:  # moved aside; start over from the previous one
+      logging.warning("%s; restarting from the previous checkpoint", e)
+
+
+def _run(config, workdir: str) -> dict:
   mesh = sharding.make_mesh()
   global_batch = config.per_device_batch * jax.device_count()
   rows = sharding.process_slice(mesh, global_batch)

@@ -63,10 +63,12 @@ def default_local(image: int) -> int:
 
 def bench_config(backbone: str, batch: int, dtype: str = "auto", image: int = 224,
                  local: int | None = None, canvas: int = 448, out_dim: int = 65536,
-                 channels: int = 1) -> ml_collections.ConfigDict:
+                 channels: int = 1, head_hidden_dim: int = 2048,
+                 head_bottleneck_dim: int = 256) -> ml_collections.ConfigDict:
   """The released recipe's config with the benchmark's backbone, per-device batch and sizes."""
   c = configlib.base_config()
   c.model.backbone, c.model.dtype, c.model.out_dim = backbone, dtype, out_dim
+  c.model.head_hidden_dim, c.model.head_bottleneck_dim = head_hidden_dim, head_bottleneck_dim
   c.views.global_size, c.views.local_size = image, local or default_local(image)
   c.data.canvas_size, c.data.channels = canvas, channels
   c.per_device_batch = batch
@@ -96,13 +98,14 @@ def synthetic_batch(config, mode: str, batch: int, seed: int = 0) -> dict:
   }
 
 
-def build_step(config, mode: str = "LCD", devices=None):
+def build_step(config, mode: str = "LCD", devices=None, nets=None):
   """(jitted step, abstract arguments, mesh, init fn) of one stage as train.run builds them.
 
-  init() -> the replicated initial state (materialised only when called, so a memory estimate
-  may lower and compile the step for a large batch without allocating anything)."""
+  nets: the networks (default: model.build_networks(config)). init() -> the replicated initial
+  state (materialised only when called, so a memory estimate may lower and compile the step for a
+  large batch without allocating anything)."""
   mesh = sharding.make_mesh(devices)
-  nets = model_lib.build_networks(config)
+  nets = nets or model_lib.build_networks(config)
   stage = ml_collections.ConfigDict(dict(mode=mode, epochs=(100,)))
   global_batch = config.per_device_batch * mesh.devices.size
   sched = schedules.stage_schedules(config, stage, steps_per_epoch=1000, global_batch=global_batch)
@@ -324,6 +327,8 @@ def parse_args(argv=None):
   ap.add_argument("--local", type=int, default=None, help="local view side (default 96 at 224)")
   ap.add_argument("--canvas", type=int, default=448, help="anchor canvas side")
   ap.add_argument("--out_dim", type=int, default=65536, help="K")
+  ap.add_argument("--head_hidden_dim", type=int, default=2048)
+  ap.add_argument("--head_bottleneck_dim", type=int, default=256)
   ap.add_argument("--devices", type=int, default=None, help="use the first N local devices")
   ap.add_argument("--device_inputs", action="store_true",
                   help="batches copied to the devices before timing")
@@ -341,7 +346,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
   a = parse_args(argv)
-  config = bench_config(a.backbone, a.batch, a.dtype, a.image, a.local, a.canvas, a.out_dim)
+  config = bench_config(a.backbone, a.batch, a.dtype, a.image, a.local, a.canvas, a.out_dim,
+                        head_hidden_dim=a.head_hidden_dim,
+                        head_bottleneck_dim=a.head_bottleneck_dim)
   devices = jax.local_devices()[:a.devices] if a.devices else jax.local_devices()
   ours = measure(config, a.mode, a.steps, a.warmup, devices, a.device_inputs, a.peak_tflops)
   print(report(ours), flush=True)

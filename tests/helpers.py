@@ -1,7 +1,46 @@
 """Shared test fixtures: a tiny config and synthetic batches in the layout.py format."""
+import os
+import subprocess
+import sys
+
+import jax
 import numpy as np
 
-from adam_v2_jax import configlib, layout as layout_lib
+from adam_v2_jax import checkpoint, configlib, layout as layout_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A smoke run shrunk further: 32/16 px views, K = 64; 2 stages x 2 levels x 2 steps = 8 steps.
+TINY = ["--config.views.global_size=32", "--config.views.local_size=16",
+        "--config.data.canvas_size=64", "--config.data.phantom_size=128",
+        "--config.model.out_dim=64", "--config.model.head_hidden_dim=32",
+        "--config.model.head_bottleneck_dim=16", "--config.checkpoint_every=3",
+        "--config.keep_checkpoints=20"]
+TINY_STEPS = 8
+
+
+def main_cmd(workdir, *extra, config="configs/cxr_resnet50.py:smoke"):
+  """The command line of a tiny training run in `workdir`."""
+  return [sys.executable, "-m", "adam_v2_jax.main", f"--config={config}",
+          f"--workdir={workdir}", *TINY, *extra]
+
+
+def run_env(**extra):
+  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, **extra)
+
+
+def run_main(workdir, *extra, timeout=900, expect=0):
+  """Runs a tiny training to its end; asserts its exit code; returns the CompletedProcess."""
+  out = subprocess.run(main_cmd(workdir, *extra), cwd=ROOT, env=run_env(), capture_output=True,
+                       text=True, timeout=timeout)
+  assert out.returncode == expect, out.stderr[-4000:]
+  return out
+
+
+def final_teacher(workdir, step=TINY_STEPS):
+  """Leaves of the teacher (backbone variables and h_L) saved at `step`."""
+  _, got, variables, heads = checkpoint.load_weights(workdir, step=step)
+  assert got == step
+  return jax.tree.leaves((variables, heads))
 
 
 def tiny_config(backbone="tiny_resnet"):

@@ -1,4 +1,5 @@
 """embed.py: preprocessing, batched/sharded embedding of arrays, folders, lists and .npy stacks."""
+import functools
 import os
 import subprocess
 import sys
@@ -10,12 +11,14 @@ from PIL import Image
 
 from adam_v2_jax import checkpoint, configlib, embed, models, weights
 from tests.test_export import ROOT, env, run_module, smoke_workdir
-from tests.test_weights import random_variables
+from tests.test_models import random_variables
 
 MEAN, STD = np.array(embed.IMAGENET_MEAN, np.float32), np.array(embed.IMAGENET_STD, np.float32)
 
 
+@functools.lru_cache(maxsize=None)
 def _apply(name):
+  """One function object per backbone, so embed's compilation cache is reused across tests."""
   net = models.create_backbone(name)
   return lambda v, x: net.apply(v, x, train=False)
 
@@ -70,27 +73,28 @@ def test_embed_path_folder_list_and_stack_agree(tmp_path):
     rel = f"sub/{i}.png" if i % 2 else f"{i}.png"
     Image.fromarray(im).save(folder / rel)
     names.append(rel)
-  emb, files = embed.embed_path(_apply("tiny_vit"), v, str(folder), size=32, batch_size=3,
+  emb, files = embed.embed_path(_apply("tiny_vit"), v, str(folder), size=32, batch_size=4,
                                 progress=False)
   # Sorted paths: "0.png", "2.png", "sub/1.png", "sub/3.png".
   assert [os.path.relpath(f, folder) for f in files] == ["0.png", "2.png", "sub/1.png",
                                                           "sub/3.png"]
   order = [0, 2, 1, 3]
-  direct = embed.embed_arrays(_apply("tiny_vit"), v, [ims[i] for i in order], size=32)
+  direct = embed.embed_arrays(_apply("tiny_vit"), v, [ims[i] for i in order], size=32,
+                              batch_size=4)
   np.testing.assert_allclose(emb, direct, atol=1e-5)
   (folder / "list.txt").write_text("\n".join(names) + "\n")
   emb_list, _ = embed.embed_path(_apply("tiny_vit"), v, str(folder / "list.txt"), size=32,
-                                 progress=False)
-  np.testing.assert_allclose(emb_list, embed.embed_arrays(_apply("tiny_vit"), v, ims, size=32),
-                             atol=1e-5)
+                                 batch_size=4, progress=False)
+  np.testing.assert_allclose(emb_list, embed.embed_arrays(_apply("tiny_vit"), v, ims, size=32,
+                                                          batch_size=4), atol=1e-5)
   stack = np.stack([np.asarray(Image.fromarray(im).convert("RGB").resize((20, 20)))
                     for im in ims])
   np.save(tmp_path / "stack.npy", stack)
   emb_stack, none = embed.embed_path(_apply("tiny_vit"), v, str(tmp_path / "stack.npy"),
-                                     size=32, progress=False)
+                                     size=32, batch_size=4, progress=False)
   assert none is None and emb_stack.shape == (4, 48)
-  np.testing.assert_allclose(emb_stack, embed.embed_arrays(_apply("tiny_vit"), v, stack, size=32),
-                             atol=1e-5)
+  np.testing.assert_allclose(emb_stack, embed.embed_arrays(_apply("tiny_vit"), v, stack, size=32,
+                                                           batch_size=4), atol=1e-5)
 
 
 def test_embed_path_errors_name_the_input(tmp_path):
@@ -120,7 +124,7 @@ def test_make_embed_fn_for_evaluate():
 _SHARDED = """
 import numpy as np, jax
 from adam_v2_jax import embed, models
-from tests.test_weights import random_variables
+from tests.test_models import random_variables
 assert jax.local_device_count() == 8
 v = random_variables("tiny_vit")
 net = models.create_backbone("tiny_vit")
@@ -139,7 +143,7 @@ def test_sharded_over_eight_devices_equals_one(tmp_path):
   v = random_variables("tiny_vit")
   ims = np.random.default_rng(0).integers(0, 256, (11, 24, 24), dtype=np.uint8)
   np.testing.assert_allclose(np.load(out), embed.embed_arrays(_apply("tiny_vit"), v, ims,
-                                                              size=32), atol=1e-5)
+                                                              size=32, batch_size=4), atol=1e-5)
 
 
 @pytest.mark.torch
@@ -184,7 +188,7 @@ def test_embed_cli_on_a_folder(smoke, tmp_path):
   assert (tmp_path / "emb.paths.txt").read_text().split() == [str(folder / f"{i}.png")
                                                                for i in range(3)]
   config, _, variables, _ = checkpoint.load_weights(smoke)
-  ref = embed.embed_arrays(_apply(config.model.backbone), variables, ims, size=32)
+  ref = embed.embed_arrays(_apply(config.model.backbone), variables, ims, size=32, batch_size=2)
   np.testing.assert_allclose(emb, ref, atol=1e-5)
   r = run_module("adam_v2_jax.embed", f"--workdir={smoke}", f"--images={tmp_path}/none",
                  f"--out={out}")

@@ -10,7 +10,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from adam_v2_jax import checkpoint, export, models, weights
-from tests.test_weights import random_variables
+from tests.test_models import random_variables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,8 +20,9 @@ def env():
 
 def smoke_workdir(tmp_path_factory, backbone="tiny_resnet"):
   """A workdir as training leaves it (config.json, an orbax checkpoint of step 3 in stage LCD),
-  made once per session without training: the lead's state at init, running statistics made
-  nontrivial, saved by checkpoint.Checkpointer. Much cheaper than compiling a train step."""
+  made once per session without training: the lead's state structure filled with random weights
+  and nontrivial running statistics, saved by checkpoint.Checkpointer. Compiling a train step (or
+  even an init) costs minutes on this CPU."""
   workdir = tmp_path_factory.getbasetemp() / f"smoke_{backbone}"
   if (workdir / "checkpoints").is_dir():
     return str(workdir)
@@ -32,14 +33,22 @@ def smoke_workdir(tmp_path_factory, backbone="tiny_resnet"):
   c.model.out_dim, c.model.head_hidden_dim, c.model.head_bottleneck_dim = 64, 32, 16
   c.views.global_size = 32
   nets = model_lib.build_networks(c)
-  st = jax.jit(lambda k: state_lib.initial_state(nets, optax.identity(), k, "LCD", 32, 64))(
-      jax.random.key(0))
+  shapes = jax.eval_shape(lambda k: state_lib.initial_state(nets, optax.identity(), k, "LCD", 32,
+                                                            64), jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
-  stats = lambda t: jax.tree_util.tree_map_with_path(
-      lambda p, a: (rng.uniform(0.5, 1.5, a.shape) if p[-1].key == "var"
-                    else rng.normal(0, 0.1, a.shape)).astype(np.float32), t)
-  st = st.replace(teacher_batch_stats=stats(st.teacher_batch_stats),
-                  batch_stats=stats(st.batch_stats))
+
+  def fill(path, s):   # random weights with nontrivial running statistics; counters 0
+    name = getattr(path[-1], "key", getattr(path[-1], "name", ""))
+    if not np.issubdtype(s.dtype, np.floating):
+      return np.zeros(s.shape, s.dtype)
+    if name == "var":
+      return rng.uniform(0.5, 1.5, s.shape).astype(np.float32)
+    if name == "kernel":
+      return rng.normal(0, 1 / np.sqrt(np.prod(s.shape[:-1])), s.shape).astype(np.float32)
+    if name == "scale":
+      return (1 + 0.1 * rng.normal(size=s.shape)).astype(np.float32)
+    return (0.1 * rng.normal(size=s.shape)).astype(np.float32)
+  st = jax.tree_util.tree_map_with_path(fill, shapes)
   os.makedirs(workdir, exist_ok=True)
   with open(workdir / "config.json", "w") as f:
     json.dump(c.to_dict(), f, default=list)
@@ -80,7 +89,8 @@ def test_export_variables_writes_weights_and_sidecar(tmp_path):
 def test_export_variables_with_heads(tmp_path):
   v = random_variables("tiny_resnet")
   head = models.DINOHead(32, 16, 8)
-  hp = jax.jit(head.init)(jax.random.PRNGKey(0), np.zeros((1, 256), np.float32))["params"]
+  hp = jax.tree.map(lambda s: np.ones(s.shape, np.float32) * np.arange(s.shape[-1]), jax.eval_shape(
+      head.init, jax.random.PRNGKey(0), np.zeros((1, 256), np.float32)))["params"]
   out, hout = str(tmp_path / "t.safetensors"), str(tmp_path / "heads.safetensors")
   meta = export.export_variables("tiny_resnet", v, out, layout="torchvision",
                                  heads={"head_l": hp}, heads_out=hout)

@@ -12,20 +12,43 @@ from adam_v2_jax.models import layers, vit
 TINY = ("tiny_resnet", "tiny_convnext", "tiny_vit")
 
 
-@functools.lru_cache(maxsize=None)
-def _init_fn(name):
-  """A compiled init at 32 px (compiling the RNG of an init costs seconds: do it once per name)."""
+def random_variables(name, seed=0):
+  """Random backbone variables of the right shapes, filled by numpy (compiling an init's RNG
+  costs tens of seconds on this CPU): kernels ~ N(0, 1/fan_in), norm scales ~ 1 +- .2,
+  biases/means ~ N(0, .1), running vars in [.5, 2]."""
   m = models.create_backbone(name)
-  return jax.jit(lambda k: m.init(k, jnp.zeros((1, 32, 32, 3)), train=False))
+  shapes = jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)),
+                                         train=False))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, s):
+    leaf = path[-1].key
+    if leaf == "kernel":
+      return rng.normal(0, 1 / np.sqrt(np.prod(s.shape[:-1])), s.shape).astype(np.float32)
+    if leaf == "var":
+      return rng.uniform(0.5, 2.0, s.shape).astype(np.float32)
+    if leaf in ("scale", "gamma"):
+      return (1 + 0.2 * rng.normal(size=s.shape)).astype(np.float32)
+    return (0.1 * rng.normal(size=s.shape)).astype(np.float32)
+  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
-def _variables(name, seed=0):
-  return _init_fn(name)(jax.random.PRNGKey(seed))
+def _init(module, *args, seed=0):
+  return jax.jit(lambda k: module.init(k, *args))(jax.random.PRNGKey(seed))
 
 
-def _apply(m, **kw):
-  """A jitted m.apply(variables, x, train, ...) (eager Flax dispatch is slow on CPU)."""
-  return jax.jit(lambda v, x, train: m.apply(v, x, train=train, **kw), static_argnums=2)
+# One input for every tiny-model test, so the compilations below are shared between tests.
+X = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3)) * 2 + 0.5
+
+
+@functools.lru_cache(maxsize=None)
+def _features(name, dtype=jnp.float32, train=False, mutable=False, **overrides):
+  """A jitted, cached (variables, x[, rng]) -> backbone output (eager Flax is slow on CPU)."""
+  m = models.create_backbone(name, dtype=dtype, **overrides)
+  kw = {"mutable": ["batch_stats"]} if mutable else {}
+  if overrides.get("drop_path"):
+    return jax.jit(lambda v, x, k: m.apply(v, x, train=train, rngs={"dropout": k}, **kw))
+  return jax.jit(lambda v, x: m.apply(v, x, train=train, **kw))
 
 
 def _count(tree):
@@ -55,42 +78,46 @@ def test_registry_names_and_errors():
 
 @pytest.mark.parametrize("name", TINY)
 def test_tiny_models_shapes_and_dtypes(name):
-  v = _variables(name)
-  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(v))
-  x = jax.random.normal(jax.random.PRNGKey(1), (2, 64, 64, 3))
-  ref = None
-  for dtype, size in ((jnp.float32, 64), (jnp.float32, 32), (jnp.bfloat16, 32)):
-    out = _apply(models.create_backbone(name, dtype=dtype))(v, x[:, :size, :size], False)
-    assert out.shape == (2, models.feature_dim(name)) and out.dtype == jnp.float32
-    assert np.all(np.isfinite(out))
-    if size == 32 and dtype == jnp.float32:
-      ref = out
+  v = random_variables(name)
+  ref = _features(name)(v, X)
+  assert ref.shape == (2, models.feature_dim(name)) and ref.dtype == jnp.float32
+  assert np.all(np.isfinite(ref))
+  out = _features(name, jnp.bfloat16)(v, X)
+  assert out.shape == ref.shape and out.dtype == jnp.float32
   # bf16 compute stays close to the f32 model with the same weights.
   assert np.max(np.abs(out - ref)) < 0.1 * np.max(np.abs(ref)) + 0.1
 
 
 def test_init_is_deterministic_and_seeded():
-  a, b, c = _variables("tiny_convnext"), _variables("tiny_convnext"), _variables("tiny_convnext", 1)
+  blk = models.convnext.ConvNeXtBlock()
+  x = jnp.zeros((1, 8, 8, 16))
+  init = jax.jit(lambda k: blk.init(k, x, False))
+  a, b, c = init(jax.random.PRNGKey(0)), init(jax.random.PRNGKey(0)), init(jax.random.PRNGKey(1))
   assert all(np.array_equal(p, q) for p, q in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-  assert not np.array_equal(a["params"]["stem_0"]["kernel"], c["params"]["stem_0"]["kernel"])
+  assert not np.array_equal(a["params"]["mlp_fc1"]["kernel"], c["params"]["mlp_fc1"]["kernel"])
 
 
 def test_init_follows_timm_and_torchvision():
-  r = _variables("tiny_resnet")
-  assert np.all(r["params"]["layer1_0"]["bn3"]["scale"] == 1.0)   # torchvision: no zero init
-  k = r["params"]["conv1"]["kernel"]                       # kaiming fan_out: std sqrt(2/(49*64))
-  assert abs(np.std(k) / np.sqrt(2 / (49 * 64)) - 1) < 0.05
-  c = _variables("tiny_convnext")
-  assert np.allclose(c["params"]["stages_0_blocks_0"]["gamma"], 1e-6)
-  assert abs(np.std(c["params"]["stages_3_blocks_0"]["mlp_fc1"]["kernel"]) - 0.02) < 0.002
-  t = _variables("tiny_vit")["params"]
+  # Blocks and stems, not whole models: compiling a whole model's init costs tens of seconds here.
+  r = _init(models.resnet.Bottleneck(64), jnp.zeros((1, 8, 8, 256)), False)["params"]
+  assert np.all(r["bn3"]["scale"] == 1.0)                 # torchvision: no zero init
+  assert np.all(r["bn3"]["bias"] == 0.0)
+  k = r["conv2"]["kernel"]                                # kaiming fan_out: std sqrt(2/(9*64))
+  assert abs(np.std(k) / np.sqrt(2 / (9 * 64)) - 1) < 0.05
+  rz = _init(models.resnet.Bottleneck(4, zero_init_last=True), jnp.zeros((1, 4, 4, 16)), False)
+  assert np.all(rz["params"]["bn3"]["scale"] == 0.0)      # timm's default, as an option
+  assert not models.create_backbone("resnet50").zero_init_last
+  c = _init(models.convnext.ConvNeXtBlock(), jnp.zeros((1, 8, 8, 128)), False)["params"]
+  assert np.allclose(c["gamma"], 1e-6)
+  assert abs(np.std(c["mlp_fc1"]["kernel"]) - 0.02) < 0.001
+  assert abs(np.std(c["conv_dw"]["kernel"]) - 0.02) < 0.002
+  assert np.all(c["mlp_fc1"]["bias"] == 0) and np.all(c["norm"]["scale"] == 1)
+  t = _init(models.vit.VisionTransformer(embed_dim=64, depth=0, num_heads=1),
+            jnp.zeros((1, 32, 32, 3)), False)["params"]
   assert np.max(np.abs(t["cls_token"])) < 1e-4
   assert abs(np.std(t["pos_embed"]) - 0.02) < 0.002
-  # zero_init_last (timm's own default) is an option; its init needs no compile to check.
-  blk = models.resnet.Bottleneck(4, zero_init_last=True)
-  shapes = jax.eval_shape(lambda: blk.init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 16)), False))
-  assert shapes["params"]["bn3"]["scale"].shape == (16,)
-  assert blk.zero_init_last and not models.create_backbone("resnet50").zero_init_last
+  pk = t["patch_embed_proj"]["kernel"]                    # torch Conv2d default: U(+-1/sqrt(768))
+  assert np.max(np.abs(pk)) <= 1 / np.sqrt(768) and np.max(np.abs(pk)) > 0.03
 
 
 def test_batchnorm_matches_torch_semantics():
@@ -111,15 +138,15 @@ def test_batchnorm_matches_torch_semantics():
 
 
 def test_resnet_train_mode_uses_batch_stats_and_updates_them():
-  m = models.create_backbone("tiny_resnet")
-  x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3)) * 2 + 0.5
-  v = _variables("tiny_resnet")
+  v = random_variables("tiny_resnet")
   assert "batch_stats" in v
-  out_train, upd = _apply(m, mutable=["batch_stats"])(v, x, True)
-  out_eval = _apply(m)(v, x, False)
+  out_train, upd = _features("tiny_resnet", train=True, mutable=True)(v, X)
+  out_eval = _features("tiny_resnet")(v, X)
   assert not np.allclose(out_train, out_eval)
   assert not np.allclose(upd["batch_stats"]["bn1"]["mean"], v["batch_stats"]["bn1"]["mean"])
-  np.testing.assert_allclose(_apply(m)(v, x, True), out_train, rtol=1e-5, atol=1e-5)
+  # The teacher's way: batch statistics, running ones untouched (collection not mutable).
+  np.testing.assert_allclose(_features("tiny_resnet", train=True)(v, X), out_train, rtol=1e-5,
+                             atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 3e-2)])
@@ -132,9 +159,10 @@ def test_depthwise_shift_equals_grouped_conv_values_and_grads(dtype, tol):
     rng = np.random.default_rng(0)
     v = {"params": {"kernel": jnp.asarray(rng.normal(size=(7, 7, 1, 6)), jnp.float32),
                     "bias": jnp.asarray(rng.normal(size=(6,)), jnp.float32)}}
-    f = lambda v, x: jnp.sum(m.apply(v, x).astype(jnp.float32) * cot)
-    outs[impl] = jax.jit(m.apply)(v, x).astype(jnp.float32)
-    grads[impl] = jax.jit(jax.grad(f, argnums=(0, 1)))(v, x)
+    def loss(v, x, m=m):
+      y = m.apply(v, x).astype(jnp.float32)
+      return jnp.sum(y * cot), y
+    (_, outs[impl]), grads[impl] = jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(v, x)
   scale = np.max(np.abs(outs["conv"]))
   np.testing.assert_allclose(outs["shift"], outs["conv"], atol=tol * scale)
   for a, b in zip(jax.tree.leaves(grads["shift"]), jax.tree.leaves(grads["conv"])):
@@ -142,17 +170,17 @@ def test_depthwise_shift_equals_grouped_conv_values_and_grads(dtype, tol):
 
 
 def test_convnext_impls_agree_on_the_whole_model():
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 64, 64, 3))
-  a = models.create_backbone("tiny_convnext", depthwise_impl="conv")
-  b = models.create_backbone("tiny_convnext", depthwise_impl="shift")
-  v = _variables("tiny_convnext")
-  shapes = jax.eval_shape(lambda: b.init(jax.random.PRNGKey(0), x, train=False))
+  v = random_variables("tiny_convnext")
+  default = layers.resolve_depthwise_impl("auto")
+  assert default == ("shift" if jax.default_backend() == "cpu" else "conv")
+  other = "conv" if default == "shift" else "shift"
+  shapes = jax.eval_shape(lambda: models.create_backbone("tiny_convnext", depthwise_impl=other)
+                          .init(jax.random.PRNGKey(0), X, train=False))
   assert jax.tree.structure(v) == jax.tree.structure(shapes)
-  np.testing.assert_allclose(_apply(b)(v, x, False), _apply(a)(v, x, False), atol=1e-4)
+  np.testing.assert_allclose(_features("tiny_convnext", depthwise_impl=other)(v, X),
+                             _features("tiny_convnext")(v, X), atol=1e-4)
   with pytest.raises(ValueError, match="depthwise impl"):
     layers.resolve_depthwise_impl("fast")
-  assert layers.resolve_depthwise_impl("auto") == ("shift" if jax.default_backend() == "cpu"
-                                                   else "conv")
 
 
 def test_vit_position_embedding_resampling():
@@ -166,16 +194,14 @@ def test_vit_position_embedding_resampling():
 
 
 def test_drop_path_is_stochastic_only_in_training():
-  m = models.create_backbone("tiny_vit", drop_path=0.5)
-  x = jax.random.normal(jax.random.PRNGKey(1), (8, 32, 32, 3))
-  v = _variables("tiny_vit")
-  ref = _apply(models.create_backbone("tiny_vit"))(v, x, False)
-  np.testing.assert_allclose(_apply(m)(v, x, False), ref, atol=1e-6)
-  drop = jax.jit(lambda v, x, k: m.apply(v, x, train=True, rngs={"dropout": k}))
-  a = drop(v, x, jax.random.PRNGKey(2))
-  b = drop(v, x, jax.random.PRNGKey(3))
+  v = random_variables("tiny_vit")
+  drop = _features("tiny_vit", train=True, drop_path=0.5)
+  a, b = drop(v, X, jax.random.PRNGKey(2)), drop(v, X, jax.random.PRNGKey(3))
   assert not np.allclose(a, b)
+  assert not np.allclose(a, _features("tiny_vit")(v, X))
   dp = layers.DropPath(0.5)
-  y = dp.apply({}, jnp.ones((1000, 3)), True, rngs={"dropout": jax.random.PRNGKey(0)})
+  ones = jnp.ones((1000, 3))
+  y = dp.apply({}, ones, True, rngs={"dropout": jax.random.PRNGKey(0)})
   assert set(np.unique(y).tolist()) == {0.0, 2.0} and abs(float(jnp.mean(y)) - 1) < 0.1
+  assert dp.apply({}, ones, False) is ones                # identity in eval mode
   assert layers.drop_path_rates(0.3, 4) == pytest.approx((0.0, 0.1, 0.2, 0.3))

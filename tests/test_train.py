@@ -12,29 +12,7 @@ import pytest
 
 from adam_v2_jax import checkpoint, configlib, train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# A smoke run shrunk further: 32/16 px views, K = 64, 4 steps per level, 2 stages x 2 levels.
-TINY = ["--config.views.global_size=32", "--config.views.local_size=16",
-        "--config.data.canvas_size=64", "--config.data.phantom_size=128",
-        "--config.model.out_dim=64", "--config.model.head_hidden_dim=32",
-        "--config.model.head_bottleneck_dim=16", "--config.checkpoint_every=3",
-        "--config.keep_checkpoints=20"]
-
-
-def main_cmd(workdir, *extra):
-  return [sys.executable, "-m", "adam_v2_jax.main", "--config=configs/cxr_resnet50.py:smoke",
-          f"--workdir={workdir}", *TINY, *extra]
-
-
-def _env():
-  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-
-
-def run_main(workdir, *extra, timeout=600):
-  out = subprocess.run(main_cmd(workdir, *extra), cwd=ROOT, env=_env(), capture_output=True,
-                       text=True, timeout=timeout)
-  assert out.returncode == 0, out.stderr[-4000:]
-  return out
+from tests.helpers import final_teacher, main_cmd, run_env, run_main, ROOT
 
 
 def test_plan_lists_stages_and_levels():
@@ -45,15 +23,6 @@ def test_plan_lists_stages_and_levels():
       (0, "L", 0, 10, 0), (0, "L", 2, 5, 10), (1, "LCD", 0, 50, 15), (1, "LCD", 1, 450, 65),
       (1, "LCD", 2, 825, 515)]
   assert segs[3].stage_start == 15
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-  """An uninterrupted tiny run: its workdir."""
-  workdir = str(tmp_path_factory.mktemp("ref"))
-  out = run_main(workdir)
-  assert "stage 2/2 (LCD), level 1" in out.stderr
-  return workdir
 
 
 def test_run_writes_config_metrics_and_checkpoints(reference):
@@ -74,17 +43,13 @@ def test_run_writes_config_metrics_and_checkpoints(reference):
   assert checkpoint.Checkpointer(reference).steps()[-1] == 8
 
 
-def _final_teacher(workdir):
-  _, step, variables, heads = checkpoint.load_weights(workdir)
-  assert step == 8
-  return jax.tree.leaves((variables, heads))
 
 
 @pytest.mark.parametrize("kill_after", [3, 4, 6])
 def test_kill_and_restart_resumes_bit_for_bit(reference, tmp_path, kill_after):
   """kill -9 once checkpoint `kill_after` exists (mid level, at a level end, in stage 2)."""
   workdir = str(tmp_path)
-  proc = subprocess.Popen(main_cmd(workdir), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+  proc = subprocess.Popen(main_cmd(workdir), cwd=ROOT, env=run_env(), stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
   target = os.path.join(workdir, "checkpoints", str(kill_after))
   deadline = time.time() + 600
@@ -95,5 +60,5 @@ def test_kill_and_restart_resumes_bit_for_bit(reference, tmp_path, kill_after):
   assert os.path.isdir(target)
   out = run_main(workdir)
   assert "resuming from checkpoint" in out.stderr
-  for a, b in zip(_final_teacher(workdir), _final_teacher(reference)):
+  for a, b in zip(final_teacher(workdir), final_teacher(reference)):
     np.testing.assert_array_equal(a, b)

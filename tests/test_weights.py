@@ -5,29 +5,10 @@ import numpy as np
 import pytest
 
 from adam_v2_jax import models, weights
+from tests.test_models import random_variables
 
 TINY = ("tiny_resnet", "tiny_convnext", "tiny_vit")
 FULL = ("resnet50", "convnext_base", "vit_small_patch16_224")
-
-
-def random_variables(name, seed=0):
-  """Random backbone variables of the right shapes, filled by numpy (no init compile): kernels
-  ~ N(0, 1/fan_in), norm scales ~ 1 +- .2, biases/means ~ N(0, .1), running vars in [.5, 2]."""
-  m = models.create_backbone(name)
-  shapes = jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)),
-                                         train=False))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    leaf = path[-1].key
-    if leaf == "kernel":
-      return rng.normal(0, 1 / np.sqrt(np.prod(s.shape[:-1])), s.shape).astype(np.float32)
-    if leaf == "var":
-      return rng.uniform(0.5, 2.0, s.shape).astype(np.float32)
-    if leaf in ("scale", "gamma"):
-      return (1 + 0.2 * rng.normal(size=s.shape)).astype(np.float32)
-    return (0.1 * rng.normal(size=s.shape)).astype(np.float32)
-  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def features(name, variables, x_nhwc, **overrides):
@@ -221,9 +202,10 @@ def test_heads_export_matches_released_torch_heads():
   dino = models.DINOHead(k, hid, bott)
   comp, dec = models.ComposeHead(d), models.DecomposeHead(d, 4)
   x = np.random.default_rng(0).normal(size=(3, d)).astype(np.float32)
-  vd = dino.init(jax.random.PRNGKey(0), x)
-  vc = comp.init(jax.random.PRNGKey(1), np.tile(x, (1, 4)))
-  ve = dec.init(jax.random.PRNGKey(2), x)
+  rng = np.random.default_rng(0)
+  rand = lambda m, inp: jax.tree.map(lambda s: rng.normal(0, .3, s.shape).astype(np.float32),
+                                     jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), inp)))
+  vd, vc, ve = rand(dino, x), rand(comp, np.tile(x, (1, 4))), rand(dec, x)
   sd = weights.heads_to_torch(vd["params"], vc["params"], ve["params"])
 
   class Released(nn.Module):   # the layout of the released heads, written from its description
@@ -244,9 +226,9 @@ def test_heads_export_matches_released_torch_heads():
     logits = ref.head.last_layer(z).numpy()
     composed = ref.compose_head(torch.from_numpy(np.tile(x, (1, 4)))).numpy()
     decomposed = ref.decompose_head(t).numpy()
-  np.testing.assert_allclose(dino.apply(vd, x), logits, atol=1e-5)
-  np.testing.assert_allclose(comp.apply(vc, np.tile(x, (1, 4))), composed, atol=1e-5)
-  np.testing.assert_allclose(dec.apply(ve, x), decomposed, atol=1e-5)
+  np.testing.assert_allclose(jax.jit(dino.apply)(vd, x), logits, atol=1e-5)
+  np.testing.assert_allclose(jax.jit(comp.apply)(vc, np.tile(x, (1, 4))), composed, atol=1e-5)
+  np.testing.assert_allclose(jax.jit(dec.apply)(ve, x), decomposed, atol=1e-5)
 
 
 @pytest.mark.torch

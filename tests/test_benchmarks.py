@@ -1,0 +1,121 @@
+"""benchmarks/step.py and benchmarks/memory.py: every figure printed in CPU mode and consistent,
+the memory estimate is the step's, the batch search, the peer table and the peak table."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import memory  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import step as step_bench  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+from adam_v2_jax.models import registry  # noqa: E402  pylint: disable=g-import-not-at-top
+
+TINY = dict(image=32, local=16, canvas=64, out_dim=64, head_hidden_dim=32, head_bottleneck_dim=16)
+# The figures are HLO-level (cost and buffer analysis): LLVM's optimisations only cost compile time.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  out = tmp_path_factory.mktemp("bench") / "step.json"
+  flags = [f"--{k}={v}" for k, v in TINY.items()]
+  cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "step.py"), "--backbone=tiny_resnet",
+         "--batch=2", "--steps=2", "--warmup=1", "--peak_tflops=0.5", f"--json={out}", *flags]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=FAST_COMPILE)
+  proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stdout, json.loads(out.read_text())["ours"]
+
+
+def test_step_benchmark_prints_every_figure_on_cpu(tiny_run):
+  text, r = tiny_run
+  number = r"[0-9][0-9.e+-]*"
+  for label in ("step time", "anchors/s", "images/s", "GFLOP/anchor", "TFLOP/s per device",
+                "MFU", "peak memory"):
+    assert re.search(rf"^{re.escape(label)}: {number}", text, re.M), (label, text)
+  assert "XLA memory_analysis" in text  # CPU has no memory stats: the source is said
+  assert r["backend"] == "cpu" and r["mode"] == "LCD" and r["views"] == 14
+  assert r["anchors_per_s"] == pytest.approx(2 / r["s_per_step"])
+  assert r["images_per_s"] == pytest.approx(14 * r["anchors_per_s"])
+  assert r["gflop_per_anchor"] * 2 == pytest.approx(r["gflop_per_step_per_device"])
+  assert r["tflops_per_device"] == pytest.approx(r["gflop_per_step_per_device"] / 1e3
+                                                 / r["s_per_step"])
+  assert r["mfu"] == pytest.approx(r["tflops_per_device"] / 0.5)
+  assert 0 < r["peak_memory_gib"] < 1 and r["xla_memory_gib"]["temp"] > 0
+  # A stage-LCD anchor costs the teacher's forward of 5 global views and the student's forward
+  # and backward (~3 forwards) of 5 global + 8 local views (a quarter each at 16/32 px): ~26
+  # global-view forwards of the backbone (tiny heads), plus rendering and the update.
+  net = registry.create_backbone("tiny_resnet")
+  x = jnp.zeros((1, 32, 32, 3))
+  fwd = jax.jit(lambda v: net.apply(v, x, train=False)).lower(
+      net.init(jax.random.key(0), x, train=False)).compile().cost_analysis()
+  fwd = (fwd[0] if isinstance(fwd, (list, tuple)) else fwd)["flops"]
+  assert 20 < r["gflop_per_anchor"] * 1e9 / fwd < 45
+
+
+def test_memory_estimate_is_the_benchmarked_steps(tiny_run):
+  """memory.py compiles the same step as step.py (same buffers, to the byte)."""
+  _, r = tiny_run
+  code = (f"import sys; sys.path.insert(0, {os.path.join(ROOT, 'benchmarks')!r}); import memory; "
+          f"print(memory.step_peak_bytes(memory.recipe_config('tiny_resnet', 2, 'auto', "
+          f"**{TINY!r})))")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=FAST_COMPILE)
+  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                        timeout=900, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert int(proc.stdout.split()[-1]) == round(r["xla_memory_gib"]["peak"] * 2**30)
+
+
+def test_largest_fitting_finds_the_boundary_within_the_compile_cap():
+  calls = []
+
+  def peak(b):  # affine with a little wobble, like compiled buffers
+    calls.append(b)
+    return 3e9 + 0.37e9 * b + (0.05e9 if b % 3 == 0 else 0.0)
+
+  points = {}
+  for limit in (14.4e9, 36e9, 72e9):
+    lo, hi = memory.largest_fitting(peak, limit, points, max_points=20)
+    truth = max(b for b in range(1, 400) if 3e9 + 0.37e9 * b + (0.05e9 if b % 3 == 0 else 0)
+                <= limit)
+    assert (lo, hi) == (truth, truth + 1)
+  assert len(calls) == len(set(calls)) <= 8  # nothing compiled twice, few compiles
+  lo, hi = memory.largest_fitting(peak, 72e9, {}, max_points=3)
+  assert 0 < lo and peak(lo) <= 72e9 and (hi is None or peak(hi) > 72e9)  # capped: still sound
+  assert memory.largest_fitting(peak, 1e9, {}, max_points=5) == (0, 1)  # nothing fits
+
+
+def test_comparison_rows_put_both_steps_per_anchor():
+  ours = {"impl": "ours", "anchors_per_s_per_device": 4.0, "s_per_step": 0.5,
+          "gflop_per_anchor": 100.0, "tflops_per_device": 0.4}
+  released = {"impl": "released", "anchors_per_s": 1.0, "s_per_step": 2.0, "batch": 2,
+              "gflop_per_step": 210.0, "achieved_tflops": 0.105}
+  rows, ratio = step_bench.comparison_rows(ours, released)
+  assert ratio == pytest.approx(4.0)
+  assert rows[0] == ("ours", 4.0, 0.5, 0.25, 100.0, 0.4)
+  assert rows[1] == ("released", 1.0, 2.0, 1.0, 105.0, 0.105)
+
+
+def test_peak_table():
+  kind = lambda k: type("D", (), {"device_kind": k})()
+  assert step_bench.peak_tflops_of(kind("NVIDIA H100 80GB HBM3")) == 989
+  assert step_bench.peak_tflops_of(kind("NVIDIA H100 PCIe")) == 756
+  assert step_bench.peak_tflops_of(kind("NVIDIA H200")) == 989
+  assert step_bench.peak_tflops_of(kind("NVIDIA A100-SXM4-40GB")) == 312
+  assert step_bench.peak_tflops_of(kind("TPU v4")) == 275
+  assert step_bench.peak_tflops_of(kind("TPU v5 lite")) == 197
+  assert step_bench.peak_tflops_of(kind("TPU v5p")) == 459
+  assert step_bench.peak_tflops_of(kind("TPU v6 lite")) == 918
+  assert step_bench.peak_tflops_of(kind("cpu")) is None
+
+
+def test_official_peer_refuses_a_backbone_the_release_lacks():
+  with pytest.raises(ValueError, match="vit_small_patch16_224"):
+    step_bench.run_official("vit_small_patch16_224", 2, 224, 96, 65536, 1, 1, "cpu", False)

@@ -1,0 +1,163 @@
+"""Runs survive: SIGTERM, a corrupt latest checkpoint, non-finite steps, bad configurations."""
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from adam_v2_jax import checkpoint, configlib, validate
+from tests.helpers import ROOT, final_teacher, main_cmd, run_env, run_main
+
+
+def _start_and_wait_for(workdir, step):
+  proc = subprocess.Popen(main_cmd(workdir), cwd=ROOT, env=run_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  target = os.path.join(workdir, "checkpoints", str(step))
+  deadline = time.time() + 600
+  while not os.path.isdir(target) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  assert os.path.isdir(target), "the run never wrote checkpoint %d" % step
+  return proc
+
+
+def test_sigterm_saves_exits_zero_and_resumes(reference, tmp_path):
+  workdir = str(tmp_path)
+  proc = _start_and_wait_for(workdir, 2)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
+  assert "preempted at step" in out and "Resume with the same command" in out
+  stopped = int(out.split("preempted at step ")[1].split(";")[0])
+  steps = checkpoint.Checkpointer(workdir).steps()
+  assert steps[-1] == stopped and stopped < 8
+  again = run_main(workdir)
+  assert f"resuming from checkpoint {stopped}" in again.stderr
+  for a, b in zip(final_teacher(workdir), final_teacher(reference)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(reference, tmp_path):
+  workdir = str(tmp_path)
+  proc = _start_and_wait_for(workdir, 6)
+  proc.kill()
+  proc.wait()
+  latest = checkpoint.Checkpointer(workdir).steps()[-1]
+  for root, _, files in os.walk(os.path.join(workdir, "checkpoints", str(latest), "state")):
+    for f in files:  # scribble over every array file of the state
+      with open(os.path.join(root, f), "r+b") as fh:
+        fh.write(b"\0garbage\0" * 8)
+  out = run_main(workdir)
+  assert f"checkpoint {latest}" in out.stderr and "unreadable" in out.stderr
+  assert os.path.isdir(os.path.join(workdir, "corrupt_checkpoints", str(latest)))
+  for a, b in zip(final_teacher(workdir), final_teacher(reference)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_one_non_finite_step_is_skipped_and_the_run_goes_on(tmp_path):
+  out = run_main(str(tmp_path), "--config.debug.nan_at_step=5")
+  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  bad = [r for r in rows if r["finite"] == 0.0]
+  assert [r["step"] for r in bad] == [6]
+  assert math.isnan(bad[0]["loss_localizability"])
+  assert all(math.isfinite(r["loss"]) for r in rows if r["step"] != 6)
+  assert "non-finite localizability" in out.stderr
+  assert checkpoint.Checkpointer(str(tmp_path)).steps()[-1] == 8
+
+
+def test_consecutive_non_finite_steps_stop_the_run_and_keep_the_checkpoint(tmp_path):
+  out = run_main(str(tmp_path), "--config.debug.nan_at_step=4", "--config.debug.nan_steps=10",
+                 "--config.max_bad_steps=2", expect=3)
+  msg = out.stderr.split("error: ")[-1]
+  assert "2 consecutive non-finite steps up to step 6" in msg
+  assert "localizability loss went non-finite first" in msg
+  assert "the last good checkpoint is step 4" in msg
+  _, step, variables, _ = checkpoint.load_weights(str(tmp_path), step=4)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
+
+
+def _cfg(**changes):
+  c = configlib.with_arg(configlib.base_config(), "smoke")
+  for key, value in changes.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+@pytest.mark.parametrize("changes,words", [
+    ({"model.backbone": "resnet51"}, ["model.backbone", "resnet51", "resnet50"]),
+    ({"model.out_dim": 8}, ["model.out_dim", "8", ">= 64"]),
+    ({"model.dtype": "float16"}, ["model.dtype", "float16", "bfloat16"]),
+    ({"per_device_batch": 0}, ["per_device_batch", "0", ">= 1"]),
+    ({"stages": []}, ["stages", "at least one stage"]),
+    ({"loss.decompose_normalize": "both"}, ["loss.decompose_normalize", "both", "per_part"]),
+    ({"data.phantom_size": 48}, ["level 1", "raise data.phantom_size"]),
+    ({"views.n_parts": 3}, ["views.n_parts", "3", "square"]),
+])
+def test_value_errors_name_key_value_and_allowed(changes, words):
+  with pytest.raises(validate.ConfigError) as e:
+    validate.check(_cfg(**changes), device_count=1)
+  for w in words:
+    assert w in str(e.value), (w, str(e.value))
+
+
+def test_schema_errors():
+  c = _cfg()
+  with c.unlocked():
+    c.model.bakbone = "resnet50"
+  with pytest.raises(validate.ConfigError, match="'model.bakbone'.*unknown key.*backbone"):
+    validate.check(c, 1)
+  d = _cfg().to_dict()  # a config file may build its dicts from scratch, without type checks
+  d["optim"]["lr"] = "fast"
+  with pytest.raises(validate.ConfigError, match="'optim.lr'.*'fast'.*expected float"):
+    validate.check(ml_collections.ConfigDict(d), 1)
+  with pytest.raises(validate.ConfigError, match=r"stages\[0\].mode.*'LC'"):
+    c = _cfg()
+    c.stages[0].mode = "LC"
+    validate.check(c, 1)
+
+
+def test_level_beyond_image_and_dataset_required():
+  c = _cfg()
+  c.stages[1].epochs = (1, 1, 1, 1, 1)  # level 4: 256 px phantom -> 16 px anchors < 32 px views
+  with pytest.raises(validate.ConfigError, match="level 4"):
+    validate.check(c, 1)
+  c = configlib.base_config()
+  c.data.source = "folder"
+  with pytest.raises(validate.ConfigError, match="data.path.*needs a dataset"):
+    validate.check(c, 1)
+
+
+def test_unwritable_workdir(tmp_path):
+  ro = tmp_path / "ro"
+  ro.mkdir()
+  ro.chmod(0o500)
+  if os.access(ro, os.W_OK):  # root ignores permission bits: use a path under a file instead
+    ro = tmp_path / "file"
+    ro.write_text("x")
+    ro = ro / "sub"
+  with pytest.raises(validate.ConfigError, match="not writable"):
+    validate.check(_cfg(), 1, workdir=str(ro))
+
+
+def test_cli_config_errors_fail_before_any_compute(tmp_path):
+  t0 = time.time()
+  for args, words in (
+      (["--config.model.bakbone=x"], ["bakbone", "backbone"]),
+      (["--config.per_device_batch=abc"], ["per_device_batch", "abc"]),
+      (["--config.model.out_dim=3"], ["model.out_dim", ">= 64"])):
+    out = subprocess.run(main_cmd(str(tmp_path / "w"), *args), cwd=ROOT, env=run_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    for w in words:
+      assert w in out.stderr
+  assert not os.path.exists(tmp_path / "w" / "checkpoints")
+  assert time.time() - t0 < 120
