@@ -27,12 +27,17 @@ class Checkpointer:
 
   def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
     self.workdir = workdir
-    self._last_saved = None
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     self._mngr = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                              enable_async_checkpointing=async_save))
+    self._last_saved = self._mngr.latest_step()
+
+  @property
+  def last_saved(self) -> int | None:
+    """The newest step saved by this run, else the newest on disk when it started (no I/O)."""
+    return self._last_saved
 
   def steps(self) -> list[int]:
     """Saved (complete) steps, oldest first."""
@@ -90,6 +95,7 @@ class Checkpointer:
       os.makedirs(os.path.dirname(dest), exist_ok=True)
       shutil.move(os.path.join(self.directory, str(step)), dest)
     self._mngr.reload()
+    self._last_saved = self._mngr.latest_step()
 
   def close(self):
     self._mngr.wait_until_finished()

@@ -26,6 +26,8 @@ _NAME = flags.DEFINE_multi_string("name", None, "Label per --workdir (default: f
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for every workdir (default: latest).")
 _RANDOM_INIT = flags.DEFINE_bool("random_init", True, "Also analyse a randomly initialised "
                                  "backbone of each architecture (the baseline).")
+_RANDOM_SEEDS = flags.DEFINE_list("random_seeds", ["0"], "Seeds of the random-init baselines "
+                                  "(several show how much one random draw differs from another).")
 _CSV = flags.DEFINE_string("landmarks_csv", "", "Landmark CSV (image,landmark,x,y[,patient]); "
                            "default: the phantom's annotated landmarks.")
 _IMAGE_ROOT = flags.DEFINE_string("image_root", "", "Folder the CSV's image paths are relative "
@@ -41,7 +43,7 @@ _PHANTOM_SIZE = flags.DEFINE_integer("phantom_size", None, "Phantom side (defaul
 _INPUT_SIZE = flags.DEFINE_integer("input_size", None, "Network input side every patch is "
                                    "resized to (default: the first run's views.global_size).")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Images per forward pass.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seeds the sampling and the random-init baseline.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seeds the sampling of the analysed patches.")
 _VIEW = flags.DEFINE_enum("view", "centered", list(analyses.VIEWS), "Feature view of the "
                           "figures (metrics.json and report.md hold both).")
 _WHOLES = flags.DEFINE_integer("wholes_per_case", 1, "Random wholes per case and part count.")
@@ -71,10 +73,12 @@ def _random_variables(config, seed: int, size: int):
   return jax.tree.map(np.asarray, dict(init(jax.random.key(seed, impl="rbg"))))
 
 
-def load_models(workdirs, names=None, step=None, random_init=True, seed=0, input_size=224,
-                batch_size=32):
-  """[(label, config, embed fn)] for each run's teacher, then one random init per architecture.
+def load_models(workdirs, names=None, step=None, random_init=True, random_seeds=(0,),
+                input_size=224, batch_size=32):
+  """[(label, config, embed fn)] for each run's teacher, then the random inits.
 
+  One random init per architecture and seed, labelled "random init", plus " (<backbone>)" when
+  the runs differ in architecture and " seed <s>" when several seeds are given.
   Raises ValueError naming the workdir when it holds no readable checkpoint.
   """
   from adam_v2_jax import checkpoint  # pylint: disable=g-import-not-at-top
@@ -95,13 +99,16 @@ def load_models(workdirs, names=None, step=None, random_init=True, seed=0, input
     for config in configs:
       seen.setdefault(config.model.backbone, config)
     for arch, config in seen.items():
-      label = "random init" if len(seen) == 1 else f"random init ({arch})"
-      variables = _random_variables(config, seed, input_size)
-      models.append((label, config, _teacher_embed(config, variables, batch_size)))
+      for seed in random_seeds:
+        label = "random init" + (f" ({arch})" if len(seen) > 1 else "") + (
+            f" seed {seed}" if len(random_seeds) > 1 else "")
+        variables = _random_variables(config, int(seed), input_size)
+        models.append((label, config, _teacher_embed(config, variables, batch_size)))
   return models
 
 
-def evaluate(workdirs, out, *, names=None, step=None, random_init=True, landmarks_csv="",
+def evaluate(workdirs, out, *, names=None, step=None, random_init=True, random_seeds=(0,),
+             landmarks_csv="",
              image_root="", cases=100, phantom_seed=None, phantom_start=None, phantom_size=None,
              input_size=None, cfg_overrides=None, view="centered") -> dict:
   """Runs the analyses on each run (and random init) and writes the outputs under `out`.
@@ -127,7 +134,7 @@ def evaluate(workdirs, out, *, names=None, step=None, random_init=True, landmark
     source = f"phantom family {pseed}, patients {start}-{start + len(case_list) - 1}, {psize} px"
   logging.info("sampling the analyses' patches from %d cases (%s)", len(case_list), source)
   aset = analyses.sample(case_list, cfg)
-  models = load_models(workdirs, names, step, random_init, cfg.seed, size, cfg.batch_size)
+  models = load_models(workdirs, names, step, random_init, random_seeds, size, cfg.batch_size)
   results = []
   for label, _, embed in models:
     logging.info("analysing %s", label)
@@ -144,7 +151,9 @@ def main(argv):
   try:
     paths = evaluate(
         _WORKDIR.value, _OUT.value, names=_NAME.value, step=_STEP.value,
-        random_init=_RANDOM_INIT.value, landmarks_csv=_CSV.value, image_root=_IMAGE_ROOT.value,
+        random_init=_RANDOM_INIT.value,
+        random_seeds=[int(v) for v in _RANDOM_SEEDS.value], landmarks_csv=_CSV.value,
+        image_root=_IMAGE_ROOT.value,
         cases=_CASES.value, phantom_seed=_PHANTOM_SEED.value, phantom_start=_PHANTOM_START.value,
         phantom_size=_PHANTOM_SIZE.value, input_size=_INPUT_SIZE.value, view=_VIEW.value,
         cfg_overrides=dict(batch_size=_BATCH.value, seed=_SEED.value,

@@ -116,6 +116,7 @@ def make_train_step(config, nets: model_lib.Networks, layout: layout_lib.ViewLay
         "teacher_entropy": losses.entropy(t_logits, state.center, temp),
         "grad_norm": grad_norm, "finite": ok.astype(jnp.float32),
         "skipped_records": jnp.sum(batch["skipped"]).astype(jnp.float32),
+        "bad_steps": new.bad_steps,
     }
     return new, {k: jnp.asarray(x, jnp.float32) for k, x in metrics.items()}
 

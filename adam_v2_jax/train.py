@@ -179,7 +179,7 @@ def _run_segment(config, seg, state, step_fn, it, done, mesh, root_key, ckpt, wr
     state, metrics = step_fn(state, batch, jax.random.fold_in(root_key, g))
     if pending is not None:  # read the previous step's metrics: no stall of the device queue
       last = _check(pending, watch, ckpt, config, sched, seg, writer)
-    pending = (g, metrics, state.bad_steps)
+    pending = (g, metrics)
     n_log += 1
     if k == done:  # the first step of a segment compiles and fills the pipeline: not timed
       jax.block_until_ready(metrics)
@@ -207,11 +207,10 @@ def _run_segment(config, seg, state, step_fn, it, done, mesh, root_key, ckpt, wr
 
 def _check(pending, watch, ckpt, config, sched, seg, writer, log=False, rate=None):
   """Host-side checks of one finished step; writes the log record when `log`."""
-  g, metrics, bad = pending
+  g, metrics = pending
   m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-  m["bad_steps"] = int(bad)
-  steps = ckpt.steps()
-  watch.step(g + 1, m, steps[-1] if steps else None)
+  m["bad_steps"] = int(m["bad_steps"])
+  watch.step(g + 1, m, ckpt.last_saved)
   if log:
     stage_step = g - seg.stage_start
     watch.log(g + 1, m, past_warmup=stage_step >= config.optim.warmup_epochs * sched.steps_per_epoch)

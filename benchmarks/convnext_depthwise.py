@@ -11,7 +11,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from adam_v2_jax import models
 from adam_v2_jax.models import layers

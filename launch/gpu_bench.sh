@@ -11,6 +11,8 @@
 # convnext_base"), BATCH_resnet50 (64), BATCH_convnext_base (32), STEPS (10), WARMUP (3),
 # DTYPE (bfloat16), OFFICIAL_STEP (official_step.py; default ../shared/bench/ beside the repo or
 # shared/bench/ inside it), OFFICIAL_SRC (git dir or folder of MR-HosseinzadehTaher/Eden).
+# ALLOW_CPU=1 and EXTRA_ARGS (more benchmarks/step.py flags) check the script on a CPU box, e.g.
+#   PYTHON=python ALLOW_CPU=1 BACKBONES=tiny_resnet EXTRA_ARGS="--image 32 --out_dim 64" ...
 # Writes OUT_DIR/gpu_bench.json ({"card", "date", "runs": [...]}) and OUT_DIR/step_<name>.json;
 # prints one table row per backbone. Exit status 0 when every run gave its figures.
 set -uo pipefail
@@ -57,10 +59,13 @@ if [[ -z "$py" ]]; then
   "$py" -m pip install -q "${pip_src[@]}" -e "$repo" || exit 2
 fi
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}
-"$py" -c "import jax; assert jax.default_backend() == 'gpu', jax.devices(); print(jax.devices())" \
-  || { echo "gpu_bench.sh: JAX sees no GPU" >&2; exit 2; }
+if [[ "${ALLOW_CPU:-0}" != "1" ]]; then
+  "$py" -c "import jax; assert jax.default_backend() == 'gpu', jax.devices(); print(jax.devices())" \
+    || { echo "gpu_bench.sh: JAX sees no GPU" >&2; exit 2; }
+fi
+read -r -a extra <<< "${EXTRA_ARGS:-}"
 card=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader -i 0 \
-  2>/dev/null || echo unknown)
+  2>/dev/null || echo "no GPU ($(nproc) CPUs)")
 log "card: $card"
 
 # ---- the runs ---------------------------------------------------------------------------------
@@ -71,8 +76,10 @@ for b in "${backbones[@]}"; do
   [[ "$b" == convnext* ]] && default=32
   batch=${!var:-$default}
   args=(--backbone "$b" --batch "$batch" --dtype "$dtype" --steps "$steps" --warmup "$warmup"
-        --json "$out/step_$b.json")
-  if [[ -n "$official_step" && -n "$official_src" ]]; then
+        --json "$out/step_$b.json" ${extra[@]+"${extra[@]}"})
+  if [[ "$b" != resnet50 && "$b" != convnext_base ]]; then
+    log "$b: the released code has no such backbone: ours only"
+  elif [[ -n "$official_step" && -n "$official_src" ]]; then
     args+=(--compare_official --official_script "$official_step" --official_src "$official_src")
   else
     log "released step not found (OFFICIAL_STEP, OFFICIAL_SRC): ours only"
@@ -95,14 +102,15 @@ for n in names:
     runs.append(json.load(open(p)))
 json.dump({"card": card, "date": time.strftime("%Y-%m-%d"), "runs": runs},
           open(os.path.join(out, "gpu_bench.json"), "w"), indent=1)
+f = lambda x, spec=".1f": "n/a" if x is None else format(x, spec)
 print("| backbone | batch/GPU | ours anchors/s | ours MFU | ours peak GiB | released anchors/s "
-      "| released peak GiB | ratio |")
+      "| released peak GiB | ours/released |")
 for r in runs:
   o, p = r["ours"], r.get("official", {})
-  mfu = f"{100 * o['mfu']:.1f}%" if o.get("mfu") is not None else "n/a"
-  print(f"| {o['backbone']} | {o['per_device_batch']} | {o['anchors_per_s_per_device']:.1f} | {mfu} "
-        f"| {o['peak_memory_gib']:.1f} | {p.get('anchors_per_s', 'n/a')} "
-        f"| {p.get('peak_mem_gib', 'n/a')} | {r.get('ratio', float('nan')):.2f}x |")
+  mfu = None if o.get("mfu") is None else 100 * o["mfu"]
+  print(f"| {o['backbone']} | {o['per_device_batch']} | {f(o['anchors_per_s_per_device'])} "
+        f"| {f(mfu)}% | {f(o['peak_memory_gib'])} | {f(p.get('anchors_per_s'))} "
+        f"| {f(p.get('peak_mem_gib'))} | {f(r.get('ratio'), '.2f')}x |")
 print(f"card: {card}; written {os.path.join(out, 'gpu_bench.json')}")
 EOF
 exit $status

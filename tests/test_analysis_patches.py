@@ -142,3 +142,40 @@ def test_triple_samples_patches_are_taken_at_the_points():
     for arr, (x, y) in zip((tri.a, tri.b, tri.p), tri.points[i]):
       np.testing.assert_array_equal(arr[i], patches.crop_resize(
           img, patches.centered_box(x, y, 21), 21))
+
+
+def _island(h=120, w=160):
+  """Black image with a bright 60x80 rectangle (rows 30-89, columns 40-119)."""
+  img = np.zeros((h, w, 1), np.uint8)
+  img[30:90, 40:120] = 200
+  return img
+
+
+def test_foreground_fraction():
+  fg = patches.Foreground(_island())
+  assert fg.fraction((40, 30, 80, 60)) == 1.0
+  assert fg.fraction((0, 0, 40, 30)) == 0.0
+  assert fg.fraction((20, 30, 40, 10)) == 0.5  # half of it left of the rectangle
+  assert fg.fraction((100, 80, 40, 40)) == pytest.approx(20 * 10 / 1600)  # partly outside
+  assert fg.fraction((-20, -20, 10, 10)) == 0.0
+
+
+def test_samplers_keep_to_the_foreground():
+  img = _island()
+  case = _case("island", img, {})
+  fg = patches.Foreground(img)
+  rng = np.random.default_rng(0)
+  for kind in ("interpolation", "extrapolation"):
+    tri = patches.triple_samples([case], kind, 0.5, 10, rng, 8, side_frac=0.15,
+                                 min_dist_frac=0.1, min_foreground=0.9)
+    side = 0.15 * 120
+    for pts in tri.points:
+      assert all(fg.fraction(patches.centered_box(x, y, side)) >= 0.9 for x, y in pts)
+  wp = patches.whole_part_samples([case], 3, 10, rng, 8, whole_frac=(0.2, 0.4),
+                                  min_foreground=0.9)
+  assert all(fg.fraction(b) >= 0.9 for boxes in wp.boxes for b in boxes)
+  dark = _case("dark.png", np.zeros((64, 64), np.uint8), {})
+  with pytest.raises(ValueError, match="dark.png: no whole with 50% foreground"):
+    patches.whole_part_samples([dark], 2, 1, rng, 8, min_foreground=0.5)
+  with pytest.raises(ValueError, match="dark.png: no interpolation triple"):
+    patches.triple_samples([dark], "interpolation", 0.5, 1, rng, 8, min_foreground=0.5)

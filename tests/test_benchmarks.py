@@ -86,7 +86,7 @@ def test_largest_fitting_finds_the_boundary_within_the_compile_cap():
     truth = max(b for b in range(1, 400) if 3e9 + 0.37e9 * b + (0.05e9 if b % 3 == 0 else 0)
                 <= limit)
     assert (lo, hi) == (truth, truth + 1)
-  assert len(calls) == len(set(calls)) <= 8  # nothing compiled twice, few compiles
+  assert len(calls) == len(set(calls)) <= 10  # nothing compiled twice; 2 + <= 3 per card
   lo, hi = memory.largest_fitting(peak, 72e9, {}, max_points=3)
   assert 0 < lo and peak(lo) <= 72e9 and (hi is None or peak(hi) > 72e9)  # capped: still sound
   assert memory.largest_fitting(peak, 1e9, {}, max_points=5) == (0, 1)  # nothing fits

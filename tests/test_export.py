@@ -27,7 +27,9 @@ def smoke_workdir(tmp_path_factory, backbone="tiny_resnet"):
   if (workdir / "checkpoints").is_dir():
     return str(workdir)
   import optax   # pylint: disable=g-import-not-at-top
-  from adam_v2_jax import configlib, model as model_lib, state as state_lib   # pylint: disable=g-import-not-at-top
+  from adam_v2_jax import configlib   # pylint: disable=g-import-not-at-top
+  from adam_v2_jax import model as model_lib   # pylint: disable=g-import-not-at-top
+  from adam_v2_jax import state as state_lib   # pylint: disable=g-import-not-at-top
   c = configlib.smoke(configlib.base_config())
   c.model.backbone = backbone
   c.model.out_dim, c.model.head_hidden_dim, c.model.head_bottleneck_dim = 64, 32, 16

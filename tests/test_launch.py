@@ -147,9 +147,10 @@ def test_notebook_executes_on_cpu(tmp_path, monkeypatch):
                           resources={"metadata": {"path": str(tmp_path)}}).execute()
   assert (work / "metrics.jsonl").exists() and (work / "loss_curve.png").stat().st_size > 1000
   outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-  assert any("image/png" in o.get("data", {}) for o in outputs)  # the curve is shown
+  curve = next(c for c in nb.cells if "metrics.jsonl" in c.source and c.cell_type == "code")
+  assert any("image/png" in o.get("data", {}) for o in curve.outputs)  # the curve is shown
   text = "".join(o.get("text", "") for o in outputs)
-  assert "backend cpu" in text and "last step 8" in text
+  assert "backend cpu" in text and "last step 8" in text and "step 8/8 | stage 1 (LCD)" in text
   if os.path.exists(os.path.join(ROOT, "adam_v2_jax", "evaluate.py")):
     assert len(list((work / "zero_shot").glob("*.png"))) >= 3
   else:

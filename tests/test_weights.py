@@ -1,6 +1,5 @@
 """Weights bridge: name tables, Flax <-> timm/torchvision conversion, import errors, files."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

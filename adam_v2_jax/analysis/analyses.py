@@ -38,6 +38,9 @@ class AnalysisConfig:
     ts: values of t1 (interpolation) and t2 (extrapolation).
     triples_per_case: point triples per case and t.
     triple_frac: side of the patches at A, B, C, D.
+    min_foreground: least fraction of a whole, part or A/B/C/D patch above grey level 10, so
+      that they lie on the anatomy, not on a radiograph's black surround (landmark patches are
+      where the annotations say).
     tsne_iters: t-SNE iterations of the plots (at least 250).
   """
   out_size: int = 224
@@ -55,6 +58,7 @@ class AnalysisConfig:
   ts: tuple[float, ...] = (0.25, 0.5, 0.75)
   triples_per_case: int = 1
   triple_frac: float = 0.22
+  min_foreground: float = 0.5
   tsne_iters: int = 1000
 
 
@@ -80,9 +84,10 @@ def sample(cases: list[cases_lib.Case], cfg: AnalysisConfig = AnalysisConfig()) 
   levels = patches.landmark_patches(cases[:cfg.level_cases], cfg.level_fracs, cfg.out_size,
                                     [names[i] for i in chosen])
   wp = {n: patches.whole_part_samples(cases, n, cfg.wholes_per_case, rng, cfg.out_size,
-                                      cfg.whole_frac) for n in cfg.n_parts}
+                                      cfg.whole_frac, cfg.min_foreground) for n in cfg.n_parts}
   tri = {kind: {t: patches.triple_samples(cases, kind, t, cfg.triples_per_case, rng,
-                                          cfg.out_size, cfg.triple_frac) for t in cfg.ts}
+                                          cfg.out_size, cfg.triple_frac,
+                                          min_foreground=cfg.min_foreground) for t in cfg.ts}
          for kind in ("interpolation", "extrapolation")}
   return AnalysisSet(lm, levels, wp, tri["interpolation"], tri["extrapolation"])
 
@@ -153,23 +158,23 @@ def run_model(name: str, embed: EmbedFn, aset: AnalysisSet,
          "whole_parts": {}, "interpolation": {}, "extrapolation": {}}
   arrays = {}
   for view in VIEWS:
-    c = (lambda key: centers[key]) if view == "centered" else (lambda key: None)
-    dist = metrics.centroid_distances(e_lm, lm.landmark, c("landmarks"))
+    c = centers if view == "centered" else dict.fromkeys(centers)  # raw: no centre
+    dist = metrics.centroid_distances(e_lm, lm.landmark, c["landmarks"])
     per_lm = {n: dist[lm.landmark == i] for i, n in enumerate(lm.names)
               if np.any(lm.landmark == i)}
-    wp = _by_key(e_wp, lambda p: metrics.whole_parts_cosine(p[0], p[1], c("whole_parts")))
-    ip = {t: metrics.interpolation_cosine(*e, t, c("interpolation")) for t, e in e_in.items()}
-    ex = {t: metrics.extrapolation_cosine(*e, t, c("extrapolation")) for t, e in e_ex.items()}
+    wp = _by_key(e_wp, lambda p: metrics.whole_parts_cosine(p[0], p[1], c["whole_parts"]))
+    ip = {t: metrics.interpolation_cosine(*e, t, c["interpolation"]) for t, e in e_in.items()}
+    ex = {t: metrics.extrapolation_cosine(*e, t, c["extrapolation"]) for t, e in e_ex.items()}
     arrays[view] = {"distances": per_lm, "whole_parts": wp, "interpolation": ip,
                     "extrapolation": ex}
     out["localizability"][view] = {
         "intra_distance": {"per_landmark": _by_key(per_lm, metrics.summary),
                            "all": metrics.summary(dist)},
         "knn_accuracy": metrics.knn_accuracy(e_lm, lm.landmark, lm.patient, cfg.knn_k,
-                                             cfg.knn_folds, c("landmarks")),
-        "silhouette": metrics.silhouette(e_lm, lm.landmark, c("landmarks")),
+                                             cfg.knn_folds, c["landmarks"]),
+        "silhouette": metrics.silhouette(e_lm, lm.landmark, c["landmarks"]),
         "scale_patient_retrieval": metrics.scale_patient_retrieval(
-            e_lv, lv.landmark, lv.level, lv.patient, c("levels")),
+            e_lv, lv.landmark, lv.level, lv.patient, c["levels"]),
     }
     out["whole_parts"][view] = {str(n): metrics.summary(v) for n, v in wp.items()}
     out["interpolation"][view] = {str(t): metrics.summary(v) for t, v in ip.items()}

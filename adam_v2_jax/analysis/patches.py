@@ -49,6 +49,29 @@ def centered_box(x: float, y: float, side: float) -> tuple[float, float, float, 
   return (x - (side - 1) / 2.0, y - (side - 1) / 2.0, side, side)
 
 
+class Foreground:
+  """Fraction of a box's pixels that are foreground (any channel above `threshold`), in O(1).
+
+  Keeps sampled patches on the anatomy rather than on the black surround of a radiograph, where
+  every patch looks alike and any formula scores well.
+  """
+
+  def __init__(self, image: np.ndarray, threshold: int = 10):
+    fg = (image.max(axis=-1) > threshold).astype(np.int64)
+    self._sat = np.pad(fg.cumsum(0).cumsum(1), ((1, 0), (1, 0)))  # summed-area table
+    self._h, self._w = fg.shape
+
+  def fraction(self, box) -> float:
+    """Foreground pixels of the (rounded) box over its area; outside the image counts as none."""
+    x0, y0, w, h = (_round(v) for v in box)
+    w, h = max(1, w), max(1, h)
+    cx0, cy0 = min(max(x0, 0), self._w), min(max(y0, 0), self._h)
+    cx1, cy1 = min(max(x0 + w, 0), self._w), min(max(y0 + h, 0), self._h)
+    s = self._sat
+    inside = s[cy1, cx1] - s[cy0, cx1] - s[cy1, cx0] + s[cy0, cx0]
+    return float(inside) / (w * h)
+
+
 @dataclasses.dataclass
 class LandmarkPatches:
   """Patches centred on annotated landmarks.
@@ -156,24 +179,34 @@ class WholeParts:
 
 
 def whole_part_samples(cases: list[cases_lib.Case], n_parts: int, per_case: int,
-                       rng: np.random.Generator, out_size: int,
-                       whole_frac=(0.25, 0.6)) -> WholeParts:
+                       rng: np.random.Generator, out_size: int, whole_frac=(0.25, 0.6),
+                       min_foreground: float = 0.0, max_tries: int = 100) -> WholeParts:
   """`per_case` random square wholes inside each image, each split into `n_parts` parts.
 
   Args:
     whole_frac: range of the whole's side as a fraction of the image's shorter side (uniform).
+    min_foreground: least foreground fraction (see Foreground) of the whole and of every part.
+  Raises:
+    ValueError naming the case when no whole meets min_foreground in max_tries draws.
   """
   wholes, parts, boxes, case_ids = [], [], [], []
   for ci, case in enumerate(cases):
     image = cases_lib.as_uint8_hwc(case.load(), case.case_id)
+    fg = Foreground(image)
     h_img, w_img = image.shape[:2]
     short = min(h_img, w_img)
     for _ in range(per_case):
-      side = max(2 * n_parts, int(round(rng.uniform(*whole_frac) * short)))
-      side = min(side, short)
-      whole = (int(rng.integers(0, w_img - side + 1)), int(rng.integers(0, h_img - side + 1)),
-               side, side)
-      pboxes = split_box(whole, n_parts, rng)
+      for _ in range(max_tries):
+        side = max(2 * n_parts, int(round(rng.uniform(*whole_frac) * short)))
+        side = min(side, short)
+        whole = (int(rng.integers(0, w_img - side + 1)), int(rng.integers(0, h_img - side + 1)),
+                 side, side)
+        pboxes = split_box(whole, n_parts, rng)
+        if all(fg.fraction(b) >= min_foreground for b in [whole] + pboxes):
+          break
+      else:
+        raise ValueError(f"{case.case_id}: no whole with {min_foreground:.0%} foreground in "
+                         f"{max_tries} draws")
       wholes.append(crop_resize(image, whole, out_size))
       parts.append(np.stack([crop_resize(image, b, out_size) for b in pboxes]))
       boxes.append([whole] + pboxes)
@@ -184,13 +217,14 @@ def whole_part_samples(cases: list[cases_lib.Case], n_parts: int, per_case: int,
 
 def point_triple(height: int, width: int, side: float, t: float, kind: str,
                  rng: np.random.Generator, min_dist: float | None = None,
-                 max_tries: int = 1000) -> np.ndarray:
+                 max_tries: int = 1000, accept=None) -> np.ndarray:
   """Random points A, B and the point P at ratio t on line AB, float[3, 2] of (x, y).
 
   kind "interpolation": P = C = B + t (A - B), so that t = d_BC / d_AB (C between A and B).
   kind "extrapolation": P = D = B + t (B - A), so that t = d_BD / d_AB (D beyond B).
   All three patch centres keep a patch of side `side` inside the image, and d_AB >= min_dist
-  (default: `side`, so that the patches at A and B are of different places).
+  (default: `side`, so that the patches at A and B are of different places). `accept`, if
+  given, is called with each candidate (x, y) point and may reject it.
   """
   if kind not in ("interpolation", "extrapolation"):
     raise ValueError(f"kind must be interpolation or extrapolation, got {kind!r}")
@@ -207,7 +241,8 @@ def point_triple(height: int, width: int, side: float, t: float, kind: str,
       continue
     p = b + t * (a - b) if kind == "interpolation" else b + t * (b - a)
     if np.all(p >= lo) and np.all(p <= hi):
-      return np.stack([a, b, p])
+      if accept is None or all(accept(q) for q in (a, b, p)):
+        return np.stack([a, b, p])
   raise ValueError(f"no {kind} triple with t={t} found in a {height}x{width} image with "
                    f"{side:.0f} px patches after {max_tries} tries")
 
@@ -232,12 +267,13 @@ class Triples:
 
 def triple_samples(cases: list[cases_lib.Case], kind: str, t: float, per_case: int,
                    rng: np.random.Generator, out_size: int, side_frac: float = 0.22,
-                   min_dist_frac: float | None = None) -> Triples:
+                   min_dist_frac: float | None = None, min_foreground: float = 0.0) -> Triples:
   """`per_case` point triples per image (see point_triple) and their patches.
 
   Args:
     side_frac: patch side as a fraction of the image's shorter side.
     min_dist_frac: least d_AB as a fraction of the shorter side (default: the patch side).
+    min_foreground: least foreground fraction (see Foreground) of each of the three patches.
   """
   a, b, p, pts, case_ids = [], [], [], [], []
   for ci, case in enumerate(cases):
@@ -245,8 +281,15 @@ def triple_samples(cases: list[cases_lib.Case], kind: str, t: float, per_case: i
     h_img, w_img = image.shape[:2]
     side = side_frac * min(h_img, w_img)
     min_dist = None if min_dist_frac is None else min_dist_frac * min(h_img, w_img)
+    accept = None
+    if min_foreground > 0:
+      fg = Foreground(image)
+      accept = lambda q, fg=fg, side=side: fg.fraction(centered_box(*q, side)) >= min_foreground
     for _ in range(per_case):
-      tri = point_triple(h_img, w_img, side, t, kind, rng, min_dist)
+      try:
+        tri = point_triple(h_img, w_img, side, t, kind, rng, min_dist, accept=accept)
+      except ValueError as e:
+        raise ValueError(f"{case.case_id}: {e}") from e
       crops = [crop_resize(image, centered_box(x, y, side), out_size) for x, y in tri]
       a.append(crops[0])
       b.append(crops[1])

@@ -76,9 +76,8 @@ def drop_path_rates(rate: float, total_blocks: int) -> Tuple[float, ...]:
 # ---------------------------------------------------------------------------------------------
 # Convolutions and norms.
 
-def torch_padding(kernel: int, padding: int) -> Sequence[Tuple[int, int]]:
+def torch_padding(padding: int) -> Sequence[Tuple[int, int]]:
   """Explicit symmetric padding as nn.Conv2d(padding=p) does ('SAME' differs at stride 2)."""
-  del kernel
   return ((padding, padding), (padding, padding))
 
 
@@ -87,7 +86,7 @@ def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, *, use_b
          ) -> nn.Conv:
   """A Conv with torch-style explicit padding; kernel HWIO float32."""
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=torch_padding(kernel, padding), use_bias=use_bias, dtype=dtype,
+                 padding=torch_padding(padding), use_bias=use_bias, dtype=dtype,
                  param_dtype=jnp.float32, kernel_init=kernel_init, bias_init=bias_init,
                  name=name)
 
@@ -200,6 +199,6 @@ class DepthwiseConv(nn.Module):
       y = depthwise_conv_shift(x, kernel, k // 2)
     else:
       y = jax.lax.conv_general_dilated(
-          x, kernel, window_strides=(1, 1), padding=torch_padding(k, k // 2),
+          x, kernel, window_strides=(1, 1), padding=torch_padding(k // 2),
           dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
     return y + bias.astype(self.dtype)

@@ -93,7 +93,7 @@ def vit_table(depth) -> List[Entry]:
 
 
 def table(name: str) -> List[Entry]:
-  """The backbone table of a registry name (timm layout; torchvision's ResNet uses the same keys)."""
+  """The backbone table of a registry name (timm layout; torchvision's ResNet has the same keys)."""
   fam, arch = registry.family(name), registry.architecture(name)
   if fam == "resnet":
     return resnet_table(arch["layers"], arch["channels"])

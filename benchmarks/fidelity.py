@@ -1,0 +1,175 @@
+"""Does our Adam-v2 learn what the method says? Branch and level ablation on the phantom.
+
+Short pretraining runs of one tiny backbone, the same budget each (steps, batch, schedules):
+  L          localizability only   (stage LCD views, loss weights 1, 0, 0), levels 0-1-2
+  LC         + composability       (1, 1, 0), levels 0-1-2
+  LCD        all three branches    (1, 1, 1), levels 0-1-2 (coarse to fine)
+  LCD-1lvl   all three, one level  (1, 1, 1), every step at level 0 (whole images)
+then the zero-shot analyses (adam_v2_jax.evaluate) of each teacher and of randomly initialised
+backbones (3 seeds: one random draw differs from another too), on held-out phantom patients.
+Prints a table of the headline figures (centred view) and, per run, how many of them beat every
+random init; writes it to OUT/fidelity.md and OUT/fidelity.json, with the full analysis report
+(metrics.json, figures, report.md) in OUT/analysis.
+
+  python benchmarks/fidelity.py --out=runs/fidelity           # ~30 min on 2 CPU cores
+  python benchmarks/fidelity.py --out=runs/fidelity_q --quick  # a few minutes: the plumbing
+
+Runs resume: a finished run is not trained again (delete OUT to start over). Compiled steps are
+cached in OUT/jax_cache, so a rerun skips most compilation.
+
+Short-run recipe (documented overrides of the released one, which needs hundreds of epochs): a
+tiny model and views (configlib.smoke), K = 1024, lr 2e-3 per 256 anchors, one warm-up epoch,
+teacher momentum 0.99 (the teacher is what is analysed and must move within the run).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # uninstalled
+
+VARIANTS = (  # name, loss weights (l, c, d), coarse to fine
+    ("L", (1.0, 0.0, 0.0), True),
+    ("LC", (1.0, 1.0, 0.0), True),
+    ("LCD", (1.0, 1.0, 1.0), True),
+    ("LCD-1lvl", (1.0, 1.0, 1.0), False),
+)
+QUICK_VARIANTS = ("L", "LCD")
+
+
+def make_config(weights, coarse_to_fine: bool, *, backbone: str, steps: int, batch: int,
+                levels: int = 3):
+  """The config of one run: one LCD stage of `steps` steps, split over `levels` levels or not."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from adam_v2_jax import configlib  # pylint: disable=g-import-not-at-top
+  c = configlib.base_config()
+  c.model.backbone = backbone
+  c.data.source, c.data.channels = "phantom", 1
+  c = configlib.smoke(c)
+  c.model.backbone = backbone
+  c.model.out_dim, c.model.head_hidden_dim, c.model.head_bottleneck_dim = 1024, 256, 64
+  c.views.n_local = 4
+  c.data.phantom_size, c.data.phantom_count = 256, 100_000  # never the same patient twice
+  c.per_device_batch = batch
+  epochs_per_level = 2
+  per_epoch = max(1, steps // (levels * epochs_per_level))
+  c.steps_per_epoch = per_epoch
+  epochs = (epochs_per_level,) * levels if coarse_to_fine else (epochs_per_level * levels,)
+  c.stages = [ml_collections.ConfigDict(dict(mode="LCD", epochs=epochs))]
+  c.loss.weights = tuple(weights)
+  c.optim.lr = 2e-3
+  c.optim.warmup_epochs = 1
+  c.optim.freeze_last_layer_epochs = 1
+  c.optim.momentum_teacher = 0.99
+  c.log_every = 1  # every step's loss in metrics.jsonl
+  c.checkpoint_every = 10 ** 6  # the loop saves at the end of each level anyway
+  return c
+
+
+def train_variant(config, workdir: str) -> dict:
+  """Trains (or resumes) one run; returns its wall time and last losses."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from adam_v2_jax import train, validate  # pylint: disable=g-import-not-at-top
+  validate.check(config, jax.device_count(), workdir)
+  t0 = time.perf_counter()
+  last = train.run(config, workdir)
+  return {"seconds": round(time.perf_counter() - t0, 1),
+          **{k: float(last[k]) for k in ("loss", "loss_localizability", "loss_composability",
+                                         "loss_decomposability") if k in last}}
+
+
+def table(results: dict[str, dict], runs: list[str], baselines: list[str]) -> tuple[str, dict]:
+  """Markdown table of headline figures (centred view); '+' where a run beats every baseline."""
+  from adam_v2_jax.analysis import analyses  # pylint: disable=g-import-not-at-top
+  rows = {name: {k: round(float("nan") if v is None else v, 3)  # compared as shown
+                 for k, v in analyses.headline(results[name], "centered").items()}
+          for name in runs + baselines}
+  cols = list(rows[baselines[0]])
+
+  def better(a, b, col):
+    return a < b if col in analyses.LOWER_IS_BETTER else a > b
+
+  wins = {}
+  lines = ["| model | " + " | ".join(cols) + " | beats random |", "|---" * (len(cols) + 2) + "|"]
+  for name, row in rows.items():
+    cells, n = [], 0
+    for c in cols:
+      win = name in runs and all(better(row[c], rows[b][c], c) for b in baselines)
+      n += win
+      cells.append(f"{row[c]:.3f}{'+' if win else ''}")
+    if name in runs:
+      wins[name] = {c: all(better(row[c], rows[b][c], c) for b in baselines) for c in cols}
+    tail = f"{n}/{len(cols)}" if name in runs else "-"
+    lines.append(f"| {name} | " + " | ".join(cells) + f" | {tail} |")
+  best = []
+  for c in cols:  # the best run on each figure (ties: all of them)
+    vals = {r: rows[r][c] for r in runs}
+    top = min(vals.values()) if c in analyses.LOWER_IS_BETTER else max(vals.values())
+    best.append("/".join(r for r, v in vals.items() if v == top))
+  lines.append("| best run | " + " | ".join(best) + " | |")
+  return "\n".join(lines), wins
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--out", default="runs/fidelity")
+  p.add_argument("--quick", action="store_true", help="a few minutes: 2 runs, few steps")
+  p.add_argument("--backbone", default="tiny_resnet")
+  p.add_argument("--steps", type=int, default=None, help="steps per run (default 240; quick 6)")
+  p.add_argument("--batch", type=int, default=None, help="anchors per step (default 32; quick 8)")
+  p.add_argument("--cases", type=int, default=None, help="held-out phantom patients analysed "
+                 "(default 60; quick 12)")
+  args = p.parse_args()
+  steps = args.steps or (6 if args.quick else 240)
+  batch = args.batch or (8 if args.quick else 32)
+  cases = args.cases or (12 if args.quick else 60)
+  os.makedirs(args.out, exist_ok=True)
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(args.out),
+                                                              "jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+  from adam_v2_jax import evaluate  # pylint: disable=g-import-not-at-top
+
+  names = [v[0] for v in VARIANTS if not args.quick or v[0] in QUICK_VARIANTS]
+  runs, train_info = [], {}
+  for name, weights, c2f in VARIANTS:
+    if name not in names:
+      continue
+    wd = os.path.join(args.out, "runs", name)
+    cfg = make_config(weights, c2f, backbone=args.backbone, steps=steps, batch=batch)
+    print(f"[fidelity] training {name}: weights {weights}, levels {tuple(cfg.stages[0].epochs)} "
+          f"epochs x {cfg.steps_per_epoch} steps, batch {batch}", flush=True)
+    train_info[name] = train_variant(cfg, wd)
+    print(f"[fidelity] {name}: {train_info[name]}", flush=True)
+    runs.append(wd)
+
+  t0 = time.perf_counter()
+  overrides = dict(level_cases=min(15, cases), wholes_per_case=2, triples_per_case=2,
+                   tsne_iters=250 if args.quick else 500)
+  seeds = (0, 1, 2)
+  paths = evaluate.evaluate(runs, os.path.join(args.out, "analysis"), names=names,
+                            random_seeds=seeds, cases=cases, phantom_start=10 ** 6,
+                            cfg_overrides=overrides)
+  analysis_s = round(time.perf_counter() - t0, 1)
+  text, wins = table(paths["results"], names, [f"random init seed {s}" for s in seeds])
+  summary = (f"{args.backbone}, {steps} steps x {batch} anchors per run, {cases} held-out "
+             f"phantom patients; analyses {analysis_s} s; training s: "
+             + ", ".join(f"{n} {train_info[n]['seconds']}" for n in names))
+  md = (f"# Fidelity: branch and level ablation on the phantom\n\n{summary}\n\n{text}\n\n"
+        f"Headline figures of the centred view (adam_v2_jax/analysis; intra-dist: lower is "
+        f"better, all others higher); '+' marks a figure where the run beats all three random "
+        f"inits.\n")
+  with open(os.path.join(args.out, "fidelity.md"), "w") as f:
+    f.write(md)
+  with open(os.path.join(args.out, "fidelity.json"), "w") as f:
+    json.dump({"settings": {"backbone": args.backbone, "steps": steps, "batch": batch,
+                            "cases": cases, "quick": args.quick},
+               "training": train_info, "analysis_seconds": analysis_s, "wins": wins,
+               "metrics": paths["results"]}, f, indent=1, default=float)
+  print(md)
+  print(f"[fidelity] wrote {args.out}/fidelity.md, fidelity.json and analysis/")
+
+
+if __name__ == "__main__":
+  main()
