@@ -15,6 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from absl import logging
 
 
@@ -136,7 +137,8 @@ def load_weights(workdir: str, step: int | None = None, model: str = "teacher"):
   error = None
   for s in candidates:
     try:
-      tree = ckpt._mngr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+      tree = ckpt._mngr.restore(s, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(_on_this_host(ckpt._mngr, s))))
       break
     except Exception as e:  # pylint: disable=broad-except
       logging.warning("checkpoint %d of %s unreadable: %s", s, workdir, e)
@@ -152,3 +154,13 @@ def load_weights(workdir: str, step: int | None = None, model: str = "teacher"):
     variables["batch_stats"] = stats["backbone"]
   heads = {k: v for k, v in params.items() if k != "backbone"}
   return config, s, variables, heads
+
+
+def _on_this_host(mngr, step: int):
+  """Abstract state of checkpoint `step` placed on this process's first device, so that tools
+  read a checkpoint whatever topology saved it (a pod's checkpoint on a laptop)."""
+  path = epath.Path(mngr.directory) / str(step) / "state"
+  meta = ocp.StandardCheckpointHandler().metadata(path)
+  meta = getattr(meta, "tree", meta)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)

@@ -21,6 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
       out_dim=65536,             # K, the DINO head's output dimension
       head_hidden_dim=2048,
       head_bottleneck_dim=256,
+      head_bn=False,             # batch-standardise the DINO head's hidden layers (use_bn_in_head)
       drop_path=0.0,             # stochastic depth (0 in the released recipe)
       init_from="",              # a timm/torchvision state_dict (.pth/.safetensors) to start from
   ))

@@ -26,6 +26,9 @@ _NAME = flags.DEFINE_multi_string("name", None, "Label per --workdir (default: f
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for every workdir (default: latest).")
 _RANDOM_INIT = flags.DEFINE_bool("random_init", True, "Also analyse a randomly initialised "
                                  "backbone of each architecture (the baseline).")
+_CALIBRATE_BN = flags.DEFINE_bool("calibrate_bn", True, "Estimate a random init's BatchNorm "
+                                  "statistics on random patches of the analysed images (else "
+                                  "they stay at 0 / 1 and BatchNorm is the identity).")
 _RANDOM_SEEDS = flags.DEFINE_list("random_seeds", ["0"], "Seeds of the random-init baselines "
                                   "(several show how much one random draw differs from another).")
 _CSV = flags.DEFINE_string("landmarks_csv", "", "Landmark CSV (image,landmark,x,y[,patient]); "
@@ -73,13 +76,42 @@ def _random_variables(config, seed: int, size: int):
   return jax.tree.map(np.asarray, dict(init(jax.random.key(seed, impl="rbg"))))
 
 
+def calibrate_batch_stats(config, variables, images: np.ndarray, batch_size: int,
+                          passes: int = 2):
+  """Variables whose BatchNorm running statistics are estimated on `images` (uint8[N,S,S,C]).
+
+  A random init keeps mean 0 / variance 1, so in eval mode its BatchNorm is the identity: a
+  different function from any trained network's, whose statistics come from data (and one that
+  scores much higher on these analyses, see the README). Train-mode passes over the images with
+  the running statistics updated (momentum 0.1) make the baseline comparable. Weights untouched.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from adam_v2_jax import embed as embed_lib  # pylint: disable=g-import-not-at-top
+  from adam_v2_jax.models import registry  # pylint: disable=g-import-not-at-top
+  if "batch_stats" not in variables or not len(images):
+    return variables
+  net = registry.create_backbone(config.model.backbone)
+  step = jax.jit(lambda v, x: net.apply(v, x, train=True, mutable=["batch_stats"])[1])
+  mean, std = tuple(config.views.mean), tuple(config.views.std)
+  x_all = np.stack([embed_lib.preprocess(im, None, mean, std) for im in images])
+  stats = variables["batch_stats"]
+  n = len(x_all) - len(x_all) % batch_size or len(x_all)  # whole batches: one compilation
+  passes = max(passes, -(-64 // -(-n // batch_size)))  # >= 64 updates: init weight 0.9^64
+  for _ in range(passes):
+    for i in range(0, n, batch_size):
+      stats = step({**variables, "batch_stats": stats}, x_all[i:i + batch_size])["batch_stats"]
+  return {**variables, "batch_stats": jax.tree.map(np.asarray, stats)}
+
+
 def load_models(workdirs, names=None, step=None, random_init=True, random_seeds=(0,),
-                input_size=224, batch_size=32):
+                input_size=224, batch_size=32, calibration=None):
   """[(label, config, embed fn)] for each run's teacher, then the random inits.
 
   One random init per architecture and seed, labelled "random init", plus " (<backbone>)" when
-  the runs differ in architecture and " seed <s>" when several seeds are given.
-  Raises ValueError naming the workdir when it holds no readable checkpoint.
+  the runs differ in architecture and " seed <s>" when several seeds are given. With
+  `calibration` images, a random init's BatchNorm statistics are estimated on them
+  (calibrate_batch_stats). Raises ValueError naming the workdir when it holds no readable
+  checkpoint.
   """
   from adam_v2_jax import checkpoint  # pylint: disable=g-import-not-at-top
   if names and len(names) != len(workdirs):
@@ -103,12 +135,14 @@ def load_models(workdirs, names=None, step=None, random_init=True, random_seeds=
         label = "random init" + (f" ({arch})" if len(seen) > 1 else "") + (
             f" seed {seed}" if len(random_seeds) > 1 else "")
         variables = _random_variables(config, int(seed), input_size)
+        if calibration is not None:
+          variables = calibrate_batch_stats(config, variables, calibration, batch_size)
         models.append((label, config, _teacher_embed(config, variables, batch_size)))
   return models
 
 
 def evaluate(workdirs, out, *, names=None, step=None, random_init=True, random_seeds=(0,),
-             landmarks_csv="",
+             calibrate_bn=True, landmarks_csv="",
              image_root="", cases=100, phantom_seed=None, phantom_start=None, phantom_size=None,
              input_size=None, cfg_overrides=None, view="centered") -> dict:
   """Runs the analyses on each run (and random init) and writes the outputs under `out`.
@@ -134,13 +168,15 @@ def evaluate(workdirs, out, *, names=None, step=None, random_init=True, random_s
     source = f"phantom family {pseed}, patients {start}-{start + len(case_list) - 1}, {psize} px"
   logging.info("sampling the analyses' patches from %d cases (%s)", len(case_list), source)
   aset = analyses.sample(case_list, cfg)
-  models = load_models(workdirs, names, step, random_init, random_seeds, size, cfg.batch_size)
+  models = load_models(workdirs, names, step, random_init, random_seeds, size, cfg.batch_size,
+                       aset.calibration if calibrate_bn else None)
   results = []
   for label, _, embed in models:
     logging.info("analysing %s", label)
     results.append(analyses.run_model(label, embed, aset, cfg))
   settings = {"source": source, "cases": len(case_list), "workdirs": list(workdirs),
-              "step": step, "models": [m[0] for m in models]}
+              "step": step, "models": [m[0] for m in models],
+              "random_init_bn": "calibrated" if calibrate_bn else "init"}
   paths = report.write_all(out, results, aset, cfg, settings, view)
   paths["results"] = {r.name: r.metrics for r in results}
   return paths
@@ -152,7 +188,8 @@ def main(argv):
     paths = evaluate(
         _WORKDIR.value, _OUT.value, names=_NAME.value, step=_STEP.value,
         random_init=_RANDOM_INIT.value,
-        random_seeds=[int(v) for v in _RANDOM_SEEDS.value], landmarks_csv=_CSV.value,
+        random_seeds=[int(v) for v in _RANDOM_SEEDS.value],
+        calibrate_bn=_CALIBRATE_BN.value, landmarks_csv=_CSV.value,
         image_root=_IMAGE_ROOT.value,
         cases=_CASES.value, phantom_seed=_PHANTOM_SEED.value, phantom_start=_PHANTOM_START.value,
         phantom_size=_PHANTOM_SIZE.value, input_size=_INPUT_SIZE.value, view=_VIEW.value,

@@ -86,7 +86,8 @@ def build_networks(config) -> Networks:
   return Networks(
       backbone=registry.create_backbone(m.backbone, dtype=dtype, drop_path=m.drop_path),
       head_l=heads.DINOHead(m.out_dim, hidden_dim=m.head_hidden_dim,
-                            bottleneck_dim=m.head_bottleneck_dim, dtype=dtype),
+                            bottleneck_dim=m.head_bottleneck_dim, batch_norm=m.get("head_bn", False),
+                            dtype=dtype),
       head_c=heads.ComposeHead(dim, dtype=dtype),
       head_d=heads.DecomposeHead(dim, n, dtype=dtype),
       dim=dim, n_parts=n)

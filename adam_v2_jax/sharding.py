@@ -59,3 +59,15 @@ def process_slice(mesh: Mesh, global_size: int) -> tuple[int, int]:
     raise ValueError(f"this process's devices hold non-contiguous batch rows {spans}; "
                      "use a device order with each host's devices contiguous")
   return start, stop
+
+
+def barrier(name: str, timeout_s: int = 3600):
+  """Waits until every process reaches `name` (a no-op with one process).
+
+  Through the coordination service, not a device collective: CPU collectives (gloo) give up after
+  30 s, less than one host may lag another in compiling a step on a loaded machine.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)

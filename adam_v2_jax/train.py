@@ -11,6 +11,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 
 from adam_v2_jax import checkpoint as checkpoint_lib
@@ -172,10 +173,14 @@ def _run_segment(config, seg, state, step_fn, it, done, mesh, root_key, ckpt, wr
   for k in range(done, seg.steps):
     g = seg.start + k
     host = next(it)
-    if config.debug.nan_at_step >= 0:
-      poison = config.debug.nan_at_step <= g < config.debug.nan_at_step + config.debug.nan_steps
-      host["poison"] = (host["skipped"] * 0 + int(poison)).astype(bool)
+    # Always present (all False unless debug.nan_at_step says so), so that the NaN switch does
+    # not change the compiled step: the program tested with it is the one that trains.
+    first, n = config.debug.nan_at_step, config.debug.nan_steps
+    host["poison"] = np.full(host["skipped"].shape, 0 <= first <= g < first + n)
     batch = sharding.global_batch(host, mesh)
+    if k == done:  # compile ahead, then start together: no host waits on another's compile
+      step_fn = step_fn.lower(state, batch, jax.random.fold_in(root_key, g)).compile()
+      sharding.barrier(f"compiled step {g}")
     state, metrics = step_fn(state, batch, jax.random.fold_in(root_key, g))
     if pending is not None:  # read the previous step's metrics: no stall of the device queue
       last = _check(pending, watch, ckpt, config, sched, seg, writer)

@@ -264,7 +264,7 @@ def _fmt(x, spec=".3g", none="n/a"):
 
 def report(r: dict) -> str:
   """The figures of one measure() result, one per line."""
-  mfu = (f"{100 * r['mfu']:.1f}% of {r['peak_tflops']:g} TFLOP/s (dense bf16 peak)"
+  mfu = (f"{100 * r['mfu']:.3g}% of {r['peak_tflops']:g} TFLOP/s (dense bf16 peak)"
          if r["mfu"] is not None else
          f"n/a (no peak known for {r['device']!r}; give --peak_tflops)")
   return "\n".join([

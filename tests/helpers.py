@@ -9,8 +9,10 @@ import numpy as np
 from adam_v2_jax import checkpoint, configlib, layout as layout_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# A smoke run shrunk further: 32/16 px views, K = 64; 2 stages x 2 levels x 2 steps = 8 steps.
-TINY = ["--config.views.global_size=32", "--config.views.local_size=16",
+# A smoke run shrunk further: 32/16 px views, K = 64; 2 stages x 2 levels x 2 steps = 8 steps;
+# on 4 CPU devices (run_env) x 1 anchor: the smoke's global batch of 4, sharded.
+TINY_DEVICES = 4
+TINY = ["--config.per_device_batch=1", "--config.views.global_size=32", "--config.views.local_size=16",
         "--config.data.canvas_size=64", "--config.data.phantom_size=128",
         "--config.model.out_dim=64", "--config.model.head_hidden_dim=32",
         "--config.model.head_bottleneck_dim=16", "--config.checkpoint_every=3",
@@ -24,8 +26,20 @@ def main_cmd(workdir, *extra, config="configs/cxr_resnet50.py:smoke"):
           f"--workdir={workdir}", *TINY, *extra]
 
 
+def xla_flags(devices=None):
+  """XLA_FLAGS of this session (conftest.py's fast-compile flags) plus a CPU device count."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  if devices:
+    flags += f" --xla_force_host_platform_device_count={devices}"
+  return flags.strip()
+
+
 def run_env(**extra):
-  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, **extra)
+  """Environment of a training subprocess: CPU, TINY_DEVICES devices unless XLA_FLAGS is given."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
+             XLA_FLAGS=xla_flags(devices=TINY_DEVICES))
+  env.update(extra)
+  return env
 
 
 def run_main(workdir, *extra, timeout=900, expect=0):
@@ -50,7 +64,7 @@ def tiny_config(backbone="tiny_resnet"):
   c.model.out_dim, c.model.head_hidden_dim, c.model.head_bottleneck_dim = 64, 32, 16
   c.views.global_size, c.views.local_size, c.views.n_local = 32, 16, 2
   c.data.canvas_size = 64
-  c.optim.freeze_last_layer_epochs = 0
+  c.optim.freeze_last_layer_epochs = 1   # the step tests share one compiled program
   return c
 
 

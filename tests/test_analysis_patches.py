@@ -179,3 +179,16 @@ def test_samplers_keep_to_the_foreground():
     patches.whole_part_samples([dark], 2, 1, rng, 8, min_foreground=0.5)
   with pytest.raises(ValueError, match="dark.png: no interpolation triple"):
     patches.triple_samples([dark], "interpolation", 0.5, 1, rng, 8, min_foreground=0.5)
+
+
+def test_random_patches_spread_over_cases_on_the_foreground():
+  img = _island()
+  cases = [_case("a", img, {}), _case("b", img, {})]
+  out = patches.random_patches(cases, 7, np.random.default_rng(0), 10, side_frac=(0.1, 0.3),
+                               min_foreground=1.0)
+  assert out.shape == (7, 10, 10, 1) and out.dtype == np.uint8
+  assert np.all(out == 200)  # wholly inside the bright rectangle: its value after resizing
+  again = patches.random_patches(cases, 7, np.random.default_rng(0), 10, side_frac=(0.1, 0.3))
+  other = patches.random_patches(cases, 7, np.random.default_rng(1), 10, side_frac=(0.1, 0.3))
+  assert not np.array_equal(again, other)
+  assert patches.random_patches(cases, 0, np.random.default_rng(0), 10).shape[0] == 0

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from adam_v2_jax import checkpoint, configlib, embed, models, weights
+from tests import helpers
 from tests.test_export import ROOT, env, run_module, smoke_workdir
 from tests.test_models import random_variables
 
@@ -137,7 +138,7 @@ np.save("{out}", embed.embed_arrays(lambda v, x: net.apply(v, x, train=False), v
 def test_sharded_over_eight_devices_equals_one(tmp_path):
   out = str(tmp_path / "e8.npy")
   r = subprocess.run([sys.executable, "-c", _SHARDED.format(out=out)], cwd=ROOT, text=True,
-                     env=dict(env(), XLA_FLAGS="--xla_force_host_platform_device_count=8"),
+                     env=dict(env(), XLA_FLAGS=helpers.xla_flags(devices=8)),
                      capture_output=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   v = random_variables("tiny_vit")

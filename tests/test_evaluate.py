@@ -1,8 +1,7 @@
 """The evaluate CLI on a smoke checkpoint: every file written, valid PNGs, metrics per model.
 
-The checkpoint is a real one (the run's config.json, the train state of a tiny ResNet as the
-loop creates it, saved by checkpoint.Checkpointer); its weights are a fresh state's, because
-compiling a train step would take minutes on 2 cores and the analyses only read weights.
+The checkpoint is the suite's shared tiny training run (conftest.py `reference`: 8 steps of
+configs/cxr_resnet50.py:smoke, tiny_resnet, 32 px views, 128 px phantoms, patients 0-31).
 """
 import json
 import os
@@ -10,47 +9,21 @@ import subprocess
 import sys
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
 from adam_v2_jax import checkpoint
 from adam_v2_jax import evaluate
-from adam_v2_jax import model as model_lib
-from adam_v2_jax import optim
-from adam_v2_jax import schedules
-from adam_v2_jax import state as state_lib
 from adam_v2_jax.analysis import report
 from tests import helpers
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _smoke_checkpoint(workdir, seed=1):
-  config = helpers.tiny_config("tiny_resnet")
-  config.stages = [ml_collections.ConfigDict(dict(mode="LCD", epochs=(1,)))]
-  config.data.phantom_size, config.data.phantom_count = 96, 8
-  nets = model_lib.build_networks(config)
-  sched = schedules.stage_schedules(config, config.stages[0], 1, config.per_device_batch)
-  tx = optim.make_optimizer(config, sched)
-  state = jax.jit(lambda key: state_lib.initial_state(  # jit + RBG: quick to compile on CPU
-      nets, tx, key, "LCD", config.views.global_size, config.model.out_dim))(
-          jax.random.key(seed, impl="rbg"))
-  os.makedirs(workdir)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(config.to_dict(), f, default=list)
-  ckpt = checkpoint.Checkpointer(workdir, async_save=False)
-  ckpt.save(1, state, {"global_step": 1, "stage": 0, "mode": "LCD", "level": 0,
-                       "level_step": 1, "stage_step": 1})
-  ckpt.wait()
-  ckpt.close()
-  return workdir
-
-
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-  return _smoke_checkpoint(str(tmp_path_factory.mktemp("eval") / "run"))
+def run_dir(reference):
+  return reference
 
 
 def test_cli_writes_every_file(run_dir, tmp_path):
@@ -70,7 +43,7 @@ def test_cli_writes_every_file(run_dir, tmp_path):
   doc = json.load(open(out / "metrics.json"))
   assert list(doc["models"]) == ["smoke", "random init"]
   assert doc["settings"]["cases"] == 6 and doc["settings"]["out_size"] == 32
-  assert "patients 8-13" in doc["settings"]["source"]  # held out: the run saw patients 0-7
+  assert "patients 32-37" in doc["settings"]["source"]  # held out: the run saw patients 0-31
   for m in doc["models"].values():
     assert m["embedding_dim"] == 256
     loc = m["localizability"]["centered"]
@@ -87,7 +60,7 @@ def test_cli_writes_every_file(run_dir, tmp_path):
 
 def test_teacher_embed_matches_the_saved_teacher(run_dir):
   config, step, variables, _ = checkpoint.load_weights(run_dir)
-  assert step == 1
+  assert step == helpers.TINY_STEPS
   [(label, _, embed)] = evaluate.load_models([run_dir], ["x"], random_init=False)
   assert label == "x"
   images = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 1), dtype=np.uint8)
@@ -97,6 +70,27 @@ def test_teacher_embed_matches_the_saved_teacher(run_dir):
       config.views.std)
   want = jax.jit(lambda v, x: net.apply(v, x, train=False))(variables, x.astype(np.float32))
   np.testing.assert_allclose(embed(images), want, rtol=1e-4, atol=1e-5)
+
+
+def test_calibrate_batch_stats_matches_batch_statistics(run_dir):
+  config = checkpoint.load_config(run_dir)
+  variables = evaluate._random_variables(config, 0, 32)
+  rng = np.random.default_rng(0)
+  images = np.clip(rng.normal(120, 40, (64, 32, 32, 1)), 0, 255).astype(np.uint8)
+  calibrated = evaluate.calibrate_batch_stats(config, variables, images, batch_size=16)
+  assert set(calibrated) == set(variables)
+  assert calibrated["params"] is variables["params"]  # weights untouched
+  from adam_v2_jax.models import registry
+  net = registry.create_backbone(config.model.backbone)
+  x = (np.repeat(images, 3, -1) / 255.0 - np.array(config.views.mean)) / np.array(
+      config.views.std)
+  x = x.astype(np.float32)
+  apply = jax.jit(lambda v, x, train: net.apply(v, x, train=train), static_argnums=2)
+  want = np.asarray(apply(variables, x, True))  # statistics of this very batch
+  got, before = np.asarray(apply(calibrated, x, False)), np.asarray(apply(variables, x, False))
+  err = lambda a: np.abs(a - want).mean() / np.abs(want).mean()
+  # Not exact: running averages over batches of 16, against one batch of 64.
+  assert err(got) < 0.3 and err(before) > 3 * err(got)
 
 
 def test_errors_name_the_problem(run_dir, tmp_path):

@@ -65,6 +65,25 @@ def test_dino_head_matches_explicit_formula():
                              atol=1e-5)
 
 
+def test_dino_head_batch_norm_standardises_hidden_layers_over_all_views():
+  h, x, v = _dino()
+  bn = models.DINOHead(out_dim=128, hidden_dim=64, bottleneck_dim=16, batch_norm=True)
+  xv = np.stack([x, x[::-1] * 2.0])   # [views 2, batch 5, D]: statistics over both axes
+  assert jax.tree.structure(jax.eval_shape(bn.init, jax.random.PRNGKey(0), xv)) == \
+      jax.tree.structure(v)            # no new parameter: exported heads keep their keys
+  p = v["params"]
+  g = lambda z: jax.nn.gelu(z, approximate=False)
+  std = lambda z: (z - z.mean((0, 1))) / np.sqrt(z.var((0, 1)) + 1e-5)
+  z = g(std(xv @ p["mlp_0"]["kernel"] + p["mlp_0"]["bias"]))
+  z = g(std(z @ p["mlp_1"]["kernel"] + p["mlp_1"]["bias"]))
+  z = z @ p["mlp_2"]["kernel"] + p["mlp_2"]["bias"]
+  z = z / np.linalg.norm(z, axis=-1, keepdims=True)
+  w = p[models.LAST_LAYER]["kernel"]
+  want = z @ (w / np.linalg.norm(w, axis=0))
+  np.testing.assert_allclose(jax.jit(bn.apply)(v, xv), want, atol=1e-5)
+  assert not np.allclose(jax.jit(h.apply)(v, xv), want, atol=1e-2)
+
+
 def test_heads_init():
   h = models.DINOHead(out_dim=4096, hidden_dim=512, bottleneck_dim=256)
   v = jax.jit(h.init)(jax.random.PRNGKey(0), jnp.zeros((1, 384)))["params"]

@@ -1,10 +1,14 @@
-"""Two processes on localhost with 2 CPU devices each == one process with 4 (issue: sharding)."""
+"""Two processes on localhost with 2 CPU devices each == one process with 4 (issue: sharding).
+
+The one-process run is the suite's shared reference run (conftest.py), which runs on 4 CPU
+devices (helpers.TINY_DEVICES) with a global batch of 4.
+"""
 import socket
 import subprocess
 
 import numpy as np
 
-from tests.helpers import ROOT, final_teacher, main_cmd, run_env
+from tests.helpers import ROOT, TINY_DEVICES, final_teacher, main_cmd, run_env, xla_flags
 
 
 def _free_port():
@@ -13,21 +17,18 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process(tmp_path):
-  one, two = str(tmp_path / "one"), str(tmp_path / "two")
-  out = subprocess.run(main_cmd(one), cwd=ROOT, capture_output=True, text=True, timeout=900,
-                       env=run_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert "4 devices, 1 processes; global batch 16" in out.stderr
+def test_two_processes_match_one_process(reference, tmp_path):
+  assert TINY_DEVICES == 4
+  two = str(tmp_path / "two")
   port = _free_port()
   procs = [subprocess.Popen(
       main_cmd(two, f"--coordinator_address=localhost:{port}", "--num_processes=2",
                f"--process_id={i}"), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True, env=run_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+      text=True, env=run_env(XLA_FLAGS=xla_flags(devices=2)))
            for i in range(2)]
   outs = [p.communicate(timeout=900) for p in procs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
-  assert "4 devices, 2 processes; global batch 16" in outs[0][1]
-  for a, b in zip(final_teacher(two), final_teacher(one)):
+  assert "4 devices, 2 processes; global batch 4" in outs[0][1]
+  for a, b in zip(final_teacher(two), final_teacher(reference)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -42,6 +42,8 @@ class AnalysisConfig:
       that they lie on the anatomy, not on a radiograph's black surround (landmark patches are
       where the annotations say).
     tsne_iters: t-SNE iterations of the plots (at least 250).
+    calibration_patches: random patches (side 0.1-0.6, spread over the cases) on which a
+      random-init baseline may estimate its BatchNorm statistics (see evaluate.py).
   """
   out_size: int = 224
   batch_size: int = 32
@@ -60,6 +62,7 @@ class AnalysisConfig:
   triple_frac: float = 0.22
   min_foreground: float = 0.5
   tsne_iters: int = 1000
+  calibration_patches: int = 512
 
 
 @dataclasses.dataclass
@@ -70,6 +73,7 @@ class AnalysisSet:
   whole_parts: dict[int, patches.WholeParts]
   interpolation: dict[float, patches.Triples]
   extrapolation: dict[float, patches.Triples]
+  calibration: np.ndarray  # uint8[N, S, S, C], not analysed (see AnalysisConfig)
 
 
 def sample(cases: list[cases_lib.Case], cfg: AnalysisConfig = AnalysisConfig()) -> AnalysisSet:
@@ -89,7 +93,9 @@ def sample(cases: list[cases_lib.Case], cfg: AnalysisConfig = AnalysisConfig()) 
                                           cfg.out_size, cfg.triple_frac,
                                           min_foreground=cfg.min_foreground) for t in cfg.ts}
          for kind in ("interpolation", "extrapolation")}
-  return AnalysisSet(lm, levels, wp, tri["interpolation"], tri["extrapolation"])
+  calib = patches.random_patches(cases, cfg.calibration_patches, np.random.default_rng(
+      [cfg.seed, 1]), cfg.out_size, min_foreground=cfg.min_foreground)
+  return AnalysisSet(lm, levels, wp, tri["interpolation"], tri["extrapolation"], calib)
 
 
 def embed_all(embed: EmbedFn, images: np.ndarray, batch_size: int) -> np.ndarray:

@@ -130,6 +130,35 @@ def landmark_patches(cases: list[cases_lib.Case], side_fracs, out_size: int,
   return LandmarkPatches(np.stack(images), r[:, 0], r[:, 1], r[:, 2], r[:, 3], names, patients)
 
 
+def random_patches(cases: list[cases_lib.Case], count: int, rng: np.random.Generator,
+                   out_size: int, side_frac=(0.1, 0.6), min_foreground: float = 0.5,
+                   max_tries: int = 100) -> np.ndarray:
+  """uint8[count, S, S, C]: random square patches spread over the cases (case i % len(cases)).
+
+  Sides are drawn from U(side_frac) of the image's shorter side, positions uniformly inside the
+  image; a draw with less than `min_foreground` foreground is drawn again (up to max_tries).
+  """
+  if count <= 0:
+    return np.zeros((0, out_size, out_size, 1), np.uint8)
+  out = []
+  loaded: dict[int, tuple[np.ndarray, Foreground]] = {}
+  for i in range(count):
+    ci = i % len(cases)
+    if ci not in loaded:
+      image = cases_lib.as_uint8_hwc(cases[ci].load(), cases[ci].case_id)
+      loaded = {ci: (image, Foreground(image))}  # one image in memory at a time
+    image, fg = loaded[ci]
+    h_img, w_img = image.shape[:2]
+    for _ in range(max_tries):
+      side = int(min(max(2, round(rng.uniform(*side_frac) * min(h_img, w_img))), h_img, w_img))
+      box = (int(rng.integers(0, w_img - side + 1)), int(rng.integers(0, h_img - side + 1)),
+             side, side)
+      if fg.fraction(box) >= min_foreground:
+        break
+    out.append(crop_resize(image, box, out_size))
+  return np.stack(out)
+
+
 def split_box(box, n: int, rng: np.random.Generator, cut=(0.25, 0.75),
               min_imbalance: float = 0.05) -> list[tuple[int, int, int, int]]:
   """Splits an integer box into `n` non-overlapping parts of unequal sizes that tile it exactly.

@@ -93,10 +93,15 @@ def write_report(path: str, results: list[analyses.ModelResult], plot_paths: dic
   loc0 = results[0].metrics["localizability"]
   k, chance = settings.get("knn_k", 5), _fmt(loc0["knn_chance"])
   patient_chance = _fmt(loc0["scale_patient_chance"])
+  bn = settings.get("random_init_bn")
+  bn_note = "" if bn is None else (
+      f" Random init: BatchNorm statistics estimated on {settings.get('calibration_patches')} "
+      "random patches of these images." if bn == "calibrated" else
+      " Random init: BatchNorm statistics as initialised (mean 0, variance 1).")
   text = f"""# Zero-shot anatomy analyses
 
 Models: {", ".join(results_names(results))}. Cases: {settings.get("cases", "?")} \
-({settings.get("source", "?")}); patches resized to {settings.get("out_size", "?")} px.
+({settings.get("source", "?")}); patches resized to {settings.get("out_size", "?")} px.{bn_note}
 
 ## Headline figures ({view} features)
 {headline_table(results, view)}

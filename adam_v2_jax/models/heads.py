@@ -30,10 +30,16 @@ class DINOHead(nn.Module):
   weight-normalised Linear(bottleneck, out_dim, no bias) with gain 1: each output unit's weight
   column is v / ||v||, so scaling v changes nothing. Normalisation and the last layer run in
   float32.
+
+  batch_norm=True standardises each hidden layer over the batch before its GELU (DINO's
+  use_bn_in_head, without the affine terms so no parameter is added): off in the released recipe,
+  it keeps small-batch short runs (demo, fidelity) from collapsing to a uniform output. The
+  statistics are over every leading axis of x (all views of the call), in float32.
   """
   out_dim: int
   hidden_dim: int = 2048
   bottleneck_dim: int = 256
+  batch_norm: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -41,12 +47,23 @@ class DINOHead(nn.Module):
     dense = lambda f, name: nn.Dense(f, dtype=self.dtype, param_dtype=jnp.float32,
                                      kernel_init=layers.trunc_normal(0.02),
                                      bias_init=nn.initializers.zeros, name=name)
+    norm = _batch_standardize if self.batch_norm else (lambda h: h)
     x = x.astype(self.dtype)
-    x = layers.gelu(dense(self.hidden_dim, "mlp_0")(x))
-    x = layers.gelu(dense(self.hidden_dim, "mlp_1")(x))
+    x = layers.gelu(norm(dense(self.hidden_dim, "mlp_0")(x)))
+    x = layers.gelu(norm(dense(self.hidden_dim, "mlp_1")(x)))
     x = dense(self.bottleneck_dim, "mlp_2")(x)
     x = _normalize(x, axis=-1)
     return WeightNormLinear(self.out_dim, name=LAST_LAYER)(x)
+
+
+def _batch_standardize(x: jax.Array, eps: float = 1e-5) -> jax.Array:
+  """(x - mean) / sqrt(var + eps) over all leading axes (BatchNorm1d in train mode, no affine);
+  float32 statistics, result in x's dtype."""
+  h = x.astype(jnp.float32)
+  axes = tuple(range(h.ndim - 1))
+  mean = h.mean(axes, keepdims=True)
+  var = jnp.square(h - mean).mean(axes, keepdims=True)
+  return ((h - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
 
 
 class WeightNormLinear(nn.Module):
