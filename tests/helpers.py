@@ -27,7 +27,7 @@ def main_cmd(workdir, *extra, config="configs/cxr_resnet50.py:smoke"):
 
 
 def xla_flags(devices=None):
-  """XLA_FLAGS of this session (conftest.py's fast-compile flags) plus a CPU device count."""
+  """XLA_FLAGS of this session plus a CPU device count."""
   flags = os.environ.get("XLA_FLAGS", "")
   if devices:
     flags += f" --xla_force_host_platform_device_count={devices}"
