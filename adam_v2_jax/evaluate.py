@@ -76,31 +76,43 @@ def _random_variables(config, seed: int, size: int):
   return jax.tree.map(np.asarray, dict(init(jax.random.key(seed, impl="rbg"))))
 
 
-def calibrate_batch_stats(config, variables, images: np.ndarray, batch_size: int,
-                          passes: int = 2):
-  """Variables whose BatchNorm running statistics are estimated on `images` (uint8[N,S,S,C]).
+def batch_stats_calibrator(config, images: np.ndarray, batch_size: int, passes: int = 2):
+  """fn(variables) -> variables whose BatchNorm running statistics are estimated on `images`.
 
-  A random init keeps mean 0 / variance 1, so in eval mode its BatchNorm is the identity: a
-  different function from any trained network's, whose statistics come from data (and one that
-  scores much higher on these analyses, see the README). Train-mode passes over the images with
-  the running statistics updated (momentum 0.1) make the baseline comparable. Weights untouched.
+  images: uint8[N, S, S, C]. A random init keeps mean 0 / variance 1, so in eval mode its
+  BatchNorm is the identity: a different function from any trained network's, whose statistics
+  come from data (and one that scores much higher on these analyses, see the README). Train-mode
+  passes over the images with the running statistics updated (momentum 0.1) make the baseline
+  comparable; weights are untouched. The images are preprocessed and the pass compiled once,
+  for every seed the returned function is applied to.
   """
   import jax  # pylint: disable=g-import-not-at-top
   from adam_v2_jax import embed as embed_lib  # pylint: disable=g-import-not-at-top
   from adam_v2_jax.models import registry  # pylint: disable=g-import-not-at-top
-  if "batch_stats" not in variables or not len(images):
-    return variables
   net = registry.create_backbone(config.model.backbone)
   step = jax.jit(lambda v, x: net.apply(v, x, train=True, mutable=["batch_stats"])[1])
   mean, std = tuple(config.views.mean), tuple(config.views.std)
-  x_all = np.stack([embed_lib.preprocess(im, None, mean, std) for im in images])
-  stats = variables["batch_stats"]
-  n = len(x_all) - len(x_all) % batch_size or len(x_all)  # whole batches: one compilation
-  passes = max(passes, -(-64 // -(-n // batch_size)))  # >= 64 updates: init weight 0.9^64
-  for _ in range(passes):
-    for i in range(0, n, batch_size):
-      stats = step({**variables, "batch_stats": stats}, x_all[i:i + batch_size])["batch_stats"]
-  return {**variables, "batch_stats": jax.tree.map(np.asarray, stats)}
+  x_all = (np.stack([embed_lib.preprocess(im, None, mean, std) for im in images])
+           if len(images) else None)
+  n = len(images) - len(images) % batch_size or len(images)  # whole batches: one compilation
+  passes = max(passes, -(-64 // max(1, -(-n // batch_size))))  # >= 64 updates: init weight 0.9^64
+
+  def calibrate(variables):
+    if "batch_stats" not in variables or x_all is None:
+      return variables
+    stats = variables["batch_stats"]
+    for _ in range(passes):
+      for i in range(0, n, batch_size):
+        stats = step({**variables, "batch_stats": stats}, x_all[i:i + batch_size])["batch_stats"]
+    return {**variables, "batch_stats": jax.tree.map(np.asarray, stats)}
+
+  return calibrate
+
+
+def calibrate_batch_stats(config, variables, images: np.ndarray, batch_size: int,
+                          passes: int = 2):
+  """`variables` with BatchNorm statistics estimated on `images` (see batch_stats_calibrator)."""
+  return batch_stats_calibrator(config, images, batch_size, passes)(variables)
 
 
 def load_models(workdirs, names=None, step=None, random_init=True, random_seeds=(0,),
@@ -131,12 +143,12 @@ def load_models(workdirs, names=None, step=None, random_init=True, random_seeds=
     for config in configs:
       seen.setdefault(config.model.backbone, config)
     for arch, config in seen.items():
+      calibrate = (batch_stats_calibrator(config, calibration, batch_size)
+                   if calibration is not None else lambda v: v)
       for seed in random_seeds:
         label = "random init" + (f" ({arch})" if len(seen) > 1 else "") + (
             f" seed {seed}" if len(random_seeds) > 1 else "")
-        variables = _random_variables(config, int(seed), input_size)
-        if calibration is not None:
-          variables = calibrate_batch_stats(config, variables, calibration, batch_size)
+        variables = calibrate(_random_variables(config, int(seed), input_size))
         models.append((label, config, _teacher_embed(config, variables, batch_size)))
   return models
 

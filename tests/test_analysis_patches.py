@@ -179,6 +179,8 @@ def test_samplers_keep_to_the_foreground():
     patches.whole_part_samples([dark], 2, 1, rng, 8, min_foreground=0.5)
   with pytest.raises(ValueError, match="dark.png: no interpolation triple"):
     patches.triple_samples([dark], "interpolation", 0.5, 1, rng, 8, min_foreground=0.5)
+  with pytest.raises(ValueError, match="dark.png: no patch with 50% foreground in 100 draws"):
+    patches.random_patches([dark], 1, rng, 8, min_foreground=0.5)
 
 
 def test_random_patches_spread_over_cases_on_the_foreground():

@@ -9,6 +9,8 @@ import nbclient
 import nbformat
 import pytest
 
+from tests import helpers
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, "launch")
 sys.path.insert(0, LAUNCH)
@@ -136,11 +138,15 @@ def test_notebook_is_valid_nbformat4():
 
 
 def test_notebook_executes_on_cpu(tmp_path, monkeypatch):
-  """The whole notebook, smoke-sized: training, loss curve, zero-shot plots, export."""
+  """The whole notebook, smoke-sized: training, loss curve, zero-shot plots, export.
+
+  Its run is the suite's tiny run (helpers.TINY on 4 devices; xdist group "tiny_run" in
+  conftest.py): the reference run's programs, compiled once."""
   work = tmp_path / "run"
   for k, v in {"ADAM_NOTEBOOK_SMOKE": "1", "ADAM_REPO_DIR": ROOT,
                "ADAM_NOTEBOOK_WORKDIR": str(work), "JAX_PLATFORMS": "cpu",
-               "MPLBACKEND": "Agg"}.items():
+               "MPLBACKEND": "Agg", "ADAM_NOTEBOOK_ARGS": " ".join(helpers.TINY),
+               "XLA_FLAGS": helpers.xla_flags(devices=helpers.TINY_DEVICES)}.items():
     monkeypatch.setenv(k, v)
   nb = nbformat.read(os.path.join(LAUNCH, "colab.ipynb"), as_version=4)
   nbclient.NotebookClient(nb, timeout=1200, kernel_name="python3",

@@ -171,14 +171,17 @@ def test_depthwise_shift_equals_grouped_conv_values_and_grads(dtype, tol):
 
 def test_convnext_impls_agree_on_the_whole_model():
   v = random_variables("tiny_convnext")
-  default = layers.resolve_depthwise_impl("auto")
-  assert default == ("shift" if jax.default_backend() == "cpu" else "conv")
-  other = "conv" if default == "shift" else "shift"
-  shapes = jax.eval_shape(lambda: models.create_backbone("tiny_convnext", depthwise_impl=other)
-                          .init(jax.random.PRNGKey(0), X, train=False))
-  assert jax.tree.structure(v) == jax.tree.structure(shapes)
-  np.testing.assert_allclose(_features("tiny_convnext", depthwise_impl=other)(v, X),
-                             _features("tiny_convnext")(v, X), atol=1e-4)
+  cpu = jax.default_backend() == "cpu"
+  assert layers.resolve_depthwise_impl("auto") == ("shift" if cpu else "conv")
+  assert layers.resolve_depthwise_impl("auto", 1024) == ("shift" if cpu else "conv")
+  assert layers.resolve_depthwise_impl("auto", 16) == "conv"  # tiny stages: grouped conv
+  auto = _features("tiny_convnext")(v, X)  # conv in the narrow stages, shift in the 128-wide one
+  for impl in ("conv", "shift"):
+    shapes = jax.eval_shape(lambda i=impl: models.create_backbone("tiny_convnext", depthwise_impl=i)
+                            .init(jax.random.PRNGKey(0), X, train=False))
+    assert jax.tree.structure(v) == jax.tree.structure(shapes)
+    np.testing.assert_allclose(_features("tiny_convnext", depthwise_impl=impl)(v, X), auto,
+                               atol=1e-4)
   with pytest.raises(ValueError, match="depthwise impl"):
     layers.resolve_depthwise_impl("fast")
 

@@ -17,7 +17,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process(reference, tmp_path):
+def test_two_processes_match_one_process(request, tmp_path):
   assert TINY_DEVICES == 4
   two = str(tmp_path / "two")
   port = _free_port()
@@ -30,5 +30,6 @@ def test_two_processes_match_one_process(reference, tmp_path):
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   assert "4 devices, 2 processes; global batch 4" in outs[0][1]
+  reference = request.getfixturevalue("reference")  # asked for last: made meanwhile elsewhere
   for a, b in zip(final_teacher(two), final_teacher(reference)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

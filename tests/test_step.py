@@ -14,6 +14,15 @@ from adam_v2_jax import model as model_lib
 from adam_v2_jax import optim, schedules, sharding, state as state_lib, step as step_lib
 from tests import helpers
 
+# One worker runs this module under pytest-xdist (conftest.py): its tests share one LCD program.
+BATCH = 8  # global batch: 8 anchors on 1 device here, 1 anchor on each of 8 devices below
+
+
+def tiny():
+  c = helpers.tiny_config()
+  c.per_device_batch = BATCH
+  return c
+
 
 def make(config, mode, devices=None, epochs=(2,)):
   """(jitted step, initial state, mesh) for one stage of `mode` on `devices`."""
@@ -44,11 +53,11 @@ def run_steps(fn, state, mesh, config, mode, n, batch, poison=None):
 
 @pytest.mark.parametrize("mode", ["L", "LCD"])
 def test_step_runs_and_moves_the_teacher_by_ema(mode):
-  c = helpers.tiny_config()
+  c = tiny()
   fn, state, mesh = make(c, mode)
-  state, _ = run_steps(fn, state, mesh, c, mode, 1, 4)  # step 0 has lr 0 (warm-up from 0)
+  state, _ = run_steps(fn, state, mesh, c, mode, 1, BATCH)  # step 0 has lr 0 (warm-up from 0)
   before = jax.device_get(state)
-  new, m = fn(state, sharding.global_batch(helpers.synthetic_batch(c, mode, 4, seed=5), mesh),
+  new, m = fn(state, sharding.global_batch(helpers.synthetic_batch(c, mode, BATCH, seed=5), mesh),
               jax.random.key(1))
   m = jax.device_get(m)
   for k in ("loss", "loss_localizability", "lr", "wd", "momentum", "teacher_entropy",
@@ -73,63 +82,65 @@ def test_step_runs_and_moves_the_teacher_by_ema(mode):
 
 
 def test_last_layer_frozen_during_first_epoch():
-  c = helpers.tiny_config()
+  c = tiny()
   assert c.optim.freeze_last_layer_epochs == 1
   fn, state, mesh = make(c, "LCD")
   w0 = np.asarray(state.params["head_l"]["last_layer"]["kernel"])
-  state, _ = run_steps(fn, state, mesh, c, "LCD", 2, 4)  # steps_per_epoch = 2: all frozen
+  state, _ = run_steps(fn, state, mesh, c, "LCD", 2, BATCH)  # steps_per_epoch = 2: all frozen
   np.testing.assert_array_equal(state.params["head_l"]["last_layer"]["kernel"], w0)
-  state, _ = run_steps(fn, state, mesh, c, "LCD", 1, 4)
+  state, _ = run_steps(fn, state, mesh, c, "LCD", 1, BATCH)
   assert not np.allclose(state.params["head_l"]["last_layer"]["kernel"], w0)
 
 
 def test_non_finite_step_is_not_applied():
-  c = helpers.tiny_config()
+  c = tiny()
   fn, state, mesh = make(c, "LCD")
-  state, _ = run_steps(fn, state, mesh, c, "LCD", 1, 4)
+  state, _ = run_steps(fn, state, mesh, c, "LCD", 1, BATCH)
   before = jax.device_get(state)
-  state, ms = run_steps(fn, state, mesh, c, "LCD", 2, 4, poison=[True, True])
+  state, ms = run_steps(fn, state, mesh, c, "LCD", 2, BATCH, poison=[True, True])
   assert [m["finite"] for m in ms] == [0.0, 0.0]
   assert not np.isfinite(ms[0]["loss_localizability"])
   assert int(state.bad_steps) == 2 and int(state.step) == 1
   for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(before.params)):
     np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(state.center, before.center)
-  state, ms = run_steps(fn, state, mesh, c, "LCD", 1, 4, poison=[False])
+  state, ms = run_steps(fn, state, mesh, c, "LCD", 1, BATCH, poison=[False])
   assert int(state.bad_steps) == 0 and int(state.step) == 2
+
+
+def test_eight_devices_match_one(tmp_path):
+  """Global-batch semantics: BatchNorm statistics and the center over all devices (tiny ResNet:
+  BatchNorm is where per-device statistics would differ). The 8 devices run in a subprocess;
+  the 1-device side is this process's LCD program of the tests above (compiled once)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, XLA_FLAGS=helpers.xla_flags(devices=8), JAX_PLATFORMS="cpu")
+  saved = str(tmp_path / "eight.npz")
+  out = subprocess.run([sys.executable, "-c", SHARDED.format(root=root, out=saved)],
+                       env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  c = tiny()
+  fn, state, mesh = make(c, "LCD")
+  state, ms = run_steps(fn, state, mesh, c, "LCD", 2, BATCH)
+  eight = np.load(saved)
+  for i, m in enumerate(ms):
+    for k in ("loss", "loss_localizability", "loss_composability", "loss_decomposability"):
+      np.testing.assert_allclose(m[k], eight[f"{k}_{i}"], rtol=2e-4, err_msg=k)
+  leaves = jax.tree.leaves(jax.device_get(state))
+  assert len(leaves) == len([k for k in eight.files if k.startswith("leaf_")])
+  for i, x in enumerate(leaves):
+    np.testing.assert_allclose(x, eight[f"leaf_{i}"], rtol=2e-3, atol=2e-5)
 
 
 SHARDED = r"""
 import jax, numpy as np, sys
 sys.path.insert(0, {root!r})
-from tests import test_step, helpers
-c = helpers.tiny_config({backbone!r})
+from tests import test_step
+assert len(jax.devices()) == 8
+c = test_step.tiny()
 c.per_device_batch = 1
-res = []
-for devices in (jax.devices()[:1], jax.devices()):
-  if len(devices) == 1:
-    c.per_device_batch = 8
-  else:
-    c.per_device_batch = 1
-  fn, state, mesh = test_step.make(c, "LCD", devices)
-  state, ms = test_step.run_steps(fn, state, mesh, c, "LCD", 2, 8)
-  res.append((ms, jax.device_get(state)))
-(m1, s1), (m8, s8) = res
-for a, b in zip(m1, m8):
-  for k in ("loss", "loss_localizability", "loss_composability", "loss_decomposability"):
-    np.testing.assert_allclose(a[k], b[k], rtol=2e-4, err_msg=k)
-for x, y in zip(jax.tree.leaves(s1), jax.tree.leaves(s8)):
-  np.testing.assert_allclose(x, y, rtol=2e-3, atol=2e-5)
-print("SAME", m1[-1]["loss"], m8[-1]["loss"])
+fn, state, mesh = test_step.make(c, "LCD")
+state, ms = test_step.run_steps(fn, state, mesh, c, "LCD", 2, test_step.BATCH)
+out = {{f"{{k}}_{{i}}": m[k] for i, m in enumerate(ms) for k in m}}
+out.update({{f"leaf_{{i}}": x for i, x in enumerate(jax.tree.leaves(jax.device_get(state)))}})
+np.savez({out!r}, **out)
 """
-
-
-def test_eight_devices_match_one():
-  """Global-batch semantics: BatchNorm statistics and the center over all devices (tiny ResNet:
-  BatchNorm is where per-device statistics would differ)."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, XLA_FLAGS=helpers.xla_flags(devices=8), JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, "-c", SHARDED.format(root=root, backbone="tiny_resnet")],
-                       env=env, capture_output=True, text=True, timeout=600)
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert "SAME" in out.stdout

@@ -130,13 +130,34 @@ def landmark_patches(cases: list[cases_lib.Case], side_fracs, out_size: int,
   return LandmarkPatches(np.stack(images), r[:, 0], r[:, 1], r[:, 2], r[:, 3], names, patients)
 
 
+def draw_square(rng: np.random.Generator, hw, side_frac, min_side: int, max_tries: int, accept,
+                what: str):
+  """A random square box (x, y, side, side) inside an image of size hw = (H, W) and accept(box).
+
+  The side is U(side_frac) of the shorter side (at least min_side, at most the shorter side),
+  the position uniform; draws are repeated until accept(box) returns a value other than None
+  (what it returns comes back with the box). Raises ValueError "`what` in N draws" otherwise.
+  """
+  h_img, w_img = hw
+  short = min(h_img, w_img)
+  for _ in range(max_tries):
+    side = min(max(min_side, int(round(rng.uniform(*side_frac) * short))), short)
+    box = (int(rng.integers(0, w_img - side + 1)), int(rng.integers(0, h_img - side + 1)),
+           side, side)
+    got = accept(box)
+    if got is not None:
+      return box, got
+  raise ValueError(f"{what} in {max_tries} draws")
+
+
 def random_patches(cases: list[cases_lib.Case], count: int, rng: np.random.Generator,
                    out_size: int, side_frac=(0.1, 0.6), min_foreground: float = 0.5,
                    max_tries: int = 100) -> np.ndarray:
   """uint8[count, S, S, C]: random square patches spread over the cases (case i % len(cases)).
 
   Sides are drawn from U(side_frac) of the image's shorter side, positions uniformly inside the
-  image; a draw with less than `min_foreground` foreground is drawn again (up to max_tries).
+  image; a draw with less than `min_foreground` foreground is drawn again (ValueError naming the
+  case after max_tries draws).
   """
   if count <= 0:
     return np.zeros((0, out_size, out_size, 1), np.uint8)
@@ -148,13 +169,9 @@ def random_patches(cases: list[cases_lib.Case], count: int, rng: np.random.Gener
       image = cases_lib.as_uint8_hwc(cases[ci].load(), cases[ci].case_id)
       loaded = {ci: (image, Foreground(image))}  # one image in memory at a time
     image, fg = loaded[ci]
-    h_img, w_img = image.shape[:2]
-    for _ in range(max_tries):
-      side = int(min(max(2, round(rng.uniform(*side_frac) * min(h_img, w_img))), h_img, w_img))
-      box = (int(rng.integers(0, w_img - side + 1)), int(rng.integers(0, h_img - side + 1)),
-             side, side)
-      if fg.fraction(box) >= min_foreground:
-        break
+    box, _ = draw_square(rng, image.shape[:2], side_frac, 2, max_tries,
+                         lambda b: fg.fraction(b) >= min_foreground or None,
+                         f"{cases[ci].case_id}: no patch with {min_foreground:.0%} foreground")
     out.append(crop_resize(image, box, out_size))
   return np.stack(out)
 
@@ -222,20 +239,14 @@ def whole_part_samples(cases: list[cases_lib.Case], n_parts: int, per_case: int,
   for ci, case in enumerate(cases):
     image = cases_lib.as_uint8_hwc(case.load(), case.case_id)
     fg = Foreground(image)
-    h_img, w_img = image.shape[:2]
-    short = min(h_img, w_img)
+
+    def split(whole, fg=fg):  # the parts of an accepted whole, None to draw again
+      pboxes = split_box(whole, n_parts, rng)
+      return pboxes if all(fg.fraction(b) >= min_foreground for b in [whole] + pboxes) else None
+
     for _ in range(per_case):
-      for _ in range(max_tries):
-        side = max(2 * n_parts, int(round(rng.uniform(*whole_frac) * short)))
-        side = min(side, short)
-        whole = (int(rng.integers(0, w_img - side + 1)), int(rng.integers(0, h_img - side + 1)),
-                 side, side)
-        pboxes = split_box(whole, n_parts, rng)
-        if all(fg.fraction(b) >= min_foreground for b in [whole] + pboxes):
-          break
-      else:
-        raise ValueError(f"{case.case_id}: no whole with {min_foreground:.0%} foreground in "
-                         f"{max_tries} draws")
+      whole, pboxes = draw_square(rng, image.shape[:2], whole_frac, 2 * n_parts, max_tries, split,
+                                  f"{case.case_id}: no whole with {min_foreground:.0%} foreground")
       wholes.append(crop_resize(image, whole, out_size))
       parts.append(np.stack([crop_resize(image, b, out_size) for b in pboxes]))
       boxes.append([whole] + pboxes)

@@ -108,14 +108,15 @@ def make_canvas(image: np.ndarray, box, canvas_size: int, channels: int) -> np.n
                          .resize(size, Image.BICUBIC)) for c in range(anchor.shape[2])]
     out = np.stack(planes, axis=-1) * (255.0 / 65535.0)
     out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
-  elif image.shape[2] == 1:
-    out = np.asarray(Image.fromarray(anchor[:, :, 0]).resize(size, Image.BICUBIC))[:, :, None]
   else:
-    out = np.asarray(Image.fromarray(anchor).resize(size, Image.BICUBIC))
+    # A contiguous copy first: PIL reads a strided array through tobytes(), which is slower.
+    pil = Image.fromarray(np.ascontiguousarray(anchor[:, :, 0] if image.shape[2] == 1 else anchor))
+    out = np.asarray(pil.resize(size, Image.BICUBIC))
+    out = out[:, :, None] if out.ndim == 2 else out
   if channels == out.shape[2]:
     return np.ascontiguousarray(out)
   if channels == 3:
-    return np.repeat(out, 3, axis=2)
+    return np.stack([out[:, :, 0]] * 3, axis=-1)  # twice as fast as np.repeat here
   if channels == 1:
     return np.asarray(Image.fromarray(out).convert("L"))[:, :, None]
   raise ValueError(f"config.data.channels must be 1 or 3, got {channels}")
@@ -189,29 +190,24 @@ def part_boxes(n_parts: int) -> np.ndarray:
 def photometric(rng, mode: str, views, num_views: int, n_local: int):
   """Jitter, its order, rotation and blur of each view (SPEC 3), as the layout.py arrays.
 
-  Each view draws a fixed amount of randomness (apply?, order, four factors, angle, blur?,
-  sigma) whether or not jitter or blur apply, so one view's outcome never shifts another's.
+  Every draw is made for all views at once and whether or not jitter or blur apply, so the
+  amount of randomness is fixed and one view's outcome never shifts another's.
   """
   b, c, s, h = views.jitter
   max_angle = views.rotation_l if mode == "L" else views.rotation_lcd
   p_g0, p_g1, p_local, p_part = BLUR_P[mode]
-  blur_p = [p_g0, p_g1] + [p_local] * n_local + [p_part] * (num_views - 2 - n_local)
-  jitter = np.empty((num_views, 4), np.float32)
-  order = np.empty((num_views, 4), np.int32)
-  angle = np.empty((num_views,), np.float32)
-  sigma = np.empty((num_views,), np.float32)
-  for v in range(num_views):
-    apply = rng.random() < views.jitter_p
-    perm = rng.permutation(4)
-    factors = (rng.uniform(max(0.0, 1 - b), 1 + b), rng.uniform(max(0.0, 1 - c), 1 + c),
-               rng.uniform(max(0.0, 1 - s), 1 + s), rng.uniform(-h, h))
-    jitter[v] = factors if apply else (1.0, 1.0, 1.0, 0.0)
-    order[v] = perm if apply else np.arange(4)
-    angle[v] = rng.uniform(-max_angle, max_angle)
-    blur = rng.random() < blur_p[v]
-    sigma_v = rng.uniform(*views.blur_sigma)
-    sigma[v] = sigma_v if blur else 0.0
-  return jitter, order, angle, sigma
+  blur_p = np.array([p_g0, p_g1] + [p_local] * n_local + [p_part] * (num_views - 2 - n_local))
+  apply = rng.random(num_views) < views.jitter_p
+  perm = np.argsort(rng.random((num_views, 4)), axis=1)       # a uniform order per view
+  lo = np.array([max(0.0, 1 - b), max(0.0, 1 - c), max(0.0, 1 - s), -h])
+  factors = rng.uniform(lo, np.array([1 + b, 1 + c, 1 + s, h]), size=(num_views, 4))
+  angle = rng.uniform(-max_angle, max_angle, size=num_views)
+  blur = rng.random(num_views) < blur_p
+  sigma = rng.uniform(*views.blur_sigma, size=num_views)
+  jitter = np.where(apply[:, None], factors, np.array([1.0, 1.0, 1.0, 0.0]))
+  order = np.where(apply[:, None], perm, np.arange(4))
+  return (jitter.astype(np.float32), order.astype(np.int32), angle.astype(np.float32),
+          np.where(blur, sigma, 0.0).astype(np.float32))
 
 
 def sample_anchor(record, config, *, stage_index: int, mode: str, level: int, epoch: int,
