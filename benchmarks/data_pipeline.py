@@ -5,7 +5,8 @@ record (source[i]), crop the hierarchical anchor at --level, resize it to the ca
 view's parameters (data.sampling.sample_anchor, stage LCD unless --mode L). Views are rendered on
 the device, so this is all the host does per anchor. The images are --count phantom radiographs
 of --size px (data.phantom), written as PNG, JPEG (q95), DICOM (12-bit MONOCHROME1 with a window)
-and prepared ArrayRecord (python -m adam_v2_jax.prepare; uncompressed and zstd).
+and prepared ArrayRecord (python -m adam_v2_jax.prepare; uncompressed and zstd). glibc's malloc
+is set as the data pipeline sets it (data/allocator.py); the authors' path runs as released.
 The authors' path (decode + hierarchical crop + 14 PIL views) runs on the same PNGs through
 ../shared/bench/official_host_pipeline.py (needs torch, torchvision and a fetched copy of
 MR-HosseinzadehTaher/Eden: --eden).
@@ -28,7 +29,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # uninstalled
 from adam_v2_jax import configlib, prepare
-from adam_v2_jax.data import phantom, sampling, sources
+from adam_v2_jax.data import allocator, phantom, sampling, sources
 from adam_v2_jax.data.prepared import TfdsSource
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -121,6 +122,7 @@ def main():
   args = p.parse_args()
   cpu = sorted(os.sched_getaffinity(0))[-1]
   os.sched_setaffinity(0, {cpu})  # one core
+  allocator.keep_freed_buffers()  # as the pipeline does in each process that reads records
 
   data = make_data(args.workdir, args.count, args.size)
   config = configlib.base_config()

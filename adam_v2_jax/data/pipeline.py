@@ -24,6 +24,7 @@ import grain
 import numpy as np
 
 from adam_v2_jax import layout as layout_lib
+from adam_v2_jax.data import allocator
 from adam_v2_jax.data import records
 from adam_v2_jax.data import sampling
 
@@ -77,6 +78,7 @@ class _AnchorAt:
     self._init_process_state()
 
   def _init_process_state(self):
+    allocator.keep_freed_buffers()  # in every process that reads records (see allocator.py)
     self._lock = threading.Lock()
     self._perms = {}     # epoch -> permutation, a few at most (this process only)
     self._logged = 0
