@@ -26,6 +26,8 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -229,10 +231,44 @@ def measure(config, mode: str = "LCD", steps: int = 5, warmup: int = 2, devices=
   return res
 
 
+def _run_until_json(cmd: list[str], timeout_s: float, exit_grace_s: float = 20.0):
+  """Runs cmd until it prints a JSON line; returns (line or None, exit code or None, stderr).
+
+  On CUDA the released step's process can hang at exit in NCCL's teardown (its process group is
+  never destroyed; seen on an H200 machine, 2026-11-28), after printing its figures: it is given
+  exit_grace_s to exit and then killed, and its figures are kept. A process that prints nothing
+  within timeout_s is killed and reported as failed."""
+  with tempfile.TemporaryFile("w+") as err:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+    found: list[str] = []
+
+    def read():
+      for l in proc.stdout:
+        if l.startswith("{") and not found:
+          found.append(l.strip())
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout_s
+    while proc.poll() is None and not found and time.monotonic() < deadline:
+      time.sleep(0.2)
+    try:
+      rc = proc.wait(exit_grace_s if found else 0.1)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      proc.wait()
+      rc = None  # killed: after its figures (kept) or at the time limit (failed)
+    reader.join(5)
+    err.seek(0)
+    text = err.read()
+  if not found and rc is None:
+    text += f"\n(killed after {timeout_s:.0f} s without figures)"
+  return (found[0] if found else None), rc, text
+
+
 def run_official(backbone: str, batch: int, image: int, local: int, out_dim: int, steps: int,
                  warmup: int, device: str, fp16: bool, script: str = OFFICIAL_STEP,
                  src: str = OFFICIAL_SRC, threads: int | None = None,
-                 device_inputs: bool = False) -> dict:
+                 device_inputs: bool = False, timeout_s: float = 900.0) -> dict:
   """Runs the released PyTorch stage-LCD step (official_step.py) and returns its JSON figures."""
   if backbone not in OFFICIAL_ARCHS:
     raise ValueError(f"--compare_official: the released code has {OFFICIAL_ARCHS}, "
@@ -249,10 +285,9 @@ def run_official(backbone: str, batch: int, image: int, local: int, out_dim: int
     cmd.append("--no_fp16")
   if device_inputs:
     cmd.append("--device_inputs")
-  out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-  line = next((l for l in out.stdout.splitlines() if l.startswith("{")), None)
-  if out.returncode != 0 or line is None:
-    raise RuntimeError(f"official step failed ({' '.join(cmd)}):\n{out.stderr[-3000:]}")
+  line, rc, err = _run_until_json(cmd, timeout_s)
+  if line is None or (rc not in (0, None)):
+    raise RuntimeError(f"official step failed (exit {rc}; {' '.join(cmd)}):\n{err[-3000:]}")
   res = json.loads(line)
   res["impl"] = "released Adam-v2 (PyTorch)"
   return res
@@ -339,9 +374,23 @@ def parse_args(argv=None):
   ap.add_argument("--official_script", default=OFFICIAL_STEP)
   ap.add_argument("--official_src", default=OFFICIAL_SRC,
                   help="git dir (or folder) of MR-HosseinzadehTaher/Eden")
+  ap.add_argument("--official_device", default="auto", choices=("auto", "cpu", "cuda"),
+                  help="device of the released step (auto: cuda when an NVIDIA GPU is present)")
+  ap.add_argument("--official_timeout", type=float, default=900.0,
+                  help="seconds the released step may take to print its figures")
   ap.add_argument("--threads", type=int, default=None, help="torch threads of the released step")
   ap.add_argument("--json", default=None, help="write every figure to this JSON file")
   return ap.parse_args(argv)
+
+
+def official_device(choice: str) -> str:
+  """cpu or cuda for the released step; auto: cuda when an NVIDIA device node exists.
+
+  Decided without touching JAX's backend, so that the PyTorch step runs before JAX claims the GPU's
+  memory (JAX preallocates most of it when its backend starts)."""
+  if choice != "auto":
+    return choice
+  return "cuda" if os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0") else "cpu"
 
 
 def main(argv=None):
@@ -349,20 +398,30 @@ def main(argv=None):
   config = bench_config(a.backbone, a.batch, a.dtype, a.image, a.local, a.canvas, a.out_dim,
                         head_hidden_dim=a.head_hidden_dim,
                         head_bottleneck_dim=a.head_bottleneck_dim)
+  off = None
+  if a.compare_official:  # first, in its own process, while the accelerator is still free
+    if a.mode != "LCD":
+      raise SystemExit("--compare_official: the released peer is the stage-LCD step")
+    try:
+      off = run_official(a.backbone, a.batch, config.views.global_size, config.views.local_size,
+                         a.out_dim, a.steps, a.warmup, official_device(a.official_device),
+                         fp16=a.dtype != "float32", script=a.official_script,
+                         src=a.official_src, threads=a.threads, device_inputs=a.device_inputs,
+                         timeout_s=a.official_timeout)
+      print(f"released step: {off['s_per_step']:.4f} s/step, {off['anchors_per_s']:.3f} "
+            f"anchors/s ({off['device']}, {off['precision']})", flush=True)
+    except RuntimeError as e:  # ours is still measured; the failure is printed and kept
+      print(f"RELEASED STEP FAILED: {e}", file=sys.stderr, flush=True)
+      off = {"error": str(e)[-3000:]}
   devices = jax.local_devices()[:a.devices] if a.devices else jax.local_devices()
   ours = measure(config, a.mode, a.steps, a.warmup, devices, a.device_inputs, a.peak_tflops)
   print(report(ours), flush=True)
   out = {"ours": ours}
-  if a.compare_official:
-    if a.mode != "LCD":
-      raise SystemExit("--compare_official: the released peer is the stage-LCD step")
-    backend = jax.default_backend()
-    if backend not in ("cpu", "gpu"):
-      raise SystemExit(f"--compare_official runs on cpu or gpu (PyTorch), not {backend}")
-    off = run_official(a.backbone, a.batch, config.views.global_size, config.views.local_size,
-                       a.out_dim, a.steps, a.warmup, "cuda" if backend == "gpu" else "cpu",
-                       fp16=ours["dtype"] != "float32", script=a.official_script,
-                       src=a.official_src, threads=a.threads, device_inputs=a.device_inputs)
+  if off is not None and "error" in off:
+    out["official"] = off
+  elif off is not None:
+    if ours["backend"] not in ("cpu", "gpu"):
+      raise SystemExit(f"--compare_official runs on cpu or gpu (PyTorch), not {ours['backend']}")
     out["official"] = off
     out["ratio"] = comparison_rows(ours, off)[1]
     print(comparison_table(ours, off), flush=True)

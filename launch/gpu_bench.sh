@@ -9,7 +9,8 @@
 # torchvision, timm and their dependencies; installed with --no-index), ONLINE=1 (use PyPI),
 # PYTHON (an interpreter that already has everything: no install), BACKBONES ("resnet50
 # convnext_base"), BATCH_resnet50 (64), BATCH_convnext_base (32), STEPS (10), WARMUP (3),
-# DTYPE (bfloat16), OFFICIAL_STEP (official_step.py; default ../shared/bench/ beside the repo or
+# DTYPE (bfloat16), RUN_TIMEOUT (seconds per backbone, both steps and compilation; a run past it
+# is stopped with a Python traceback, for a lease of limited time), OFFICIAL_STEP (official_step.py; default ../shared/bench/ beside the repo or
 # shared/bench/ inside it), OFFICIAL_SRC (git dir or folder of MR-HosseinzadehTaher/Eden).
 # ALLOW_CPU=1 and EXTRA_ARGS (more benchmarks/step.py flags) check the script on a CPU box, e.g.
 #   PYTHON=python ALLOW_CPU=1 BACKBONES=tiny_resnet EXTRA_ARGS="--image 32 --out_dim 64" ...
@@ -58,6 +59,7 @@ if [[ -z "$py" ]]; then
   "$py" -m pip install -q "${pip_src[@]}" "jax[cuda12]" torch torchvision timm || exit 2
   "$py" -m pip install -q "${pip_src[@]}" -e "$repo" || exit 2
 fi
+export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1  # figures as they come; a traceback if stopped
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}
 if [[ "${ALLOW_CPU:-0}" != "1" ]]; then
   "$py" -c "import jax; assert jax.default_backend() == 'gpu', jax.devices(); print(jax.devices())" \
@@ -85,7 +87,9 @@ for b in "${backbones[@]}"; do
     log "released step not found (OFFICIAL_STEP, OFFICIAL_SRC): ours only"
   fi
   log "$b, batch $batch: ${args[*]}"
-  if ! (cd "$repo" && "$py" benchmarks/step.py "${args[@]}"); then
+  limit=()
+  [[ -n "${RUN_TIMEOUT:-}" ]] && limit=(timeout -s ABRT "$RUN_TIMEOUT")
+  if ! (cd "$repo" && ${limit[@]+"${limit[@]}"} "$py" benchmarks/step.py "${args[@]}"); then
     log "$b: FAILED"
     status=1
   fi

@@ -119,3 +119,32 @@ def test_peak_table():
 def test_official_peer_refuses_a_backbone_the_release_lacks():
   with pytest.raises(ValueError, match="vit_small_patch16_224"):
     step_bench.run_official("vit_small_patch16_224", 2, 224, 96, 65536, 1, 1, "cpu", False)
+
+
+def _script(tmp_path, body):
+  path = tmp_path / "peer.py"
+  path.write_text("import sys, time\n" + body)
+  return [sys.executable, str(path)]
+
+
+def test_peer_figures_kept_when_its_process_hangs_at_exit(tmp_path):
+  # The released step's process can hang in NCCL's teardown after printing its figures.
+  cmd = _script(tmp_path, "print('{\"s_per_step\": 0.25}', flush=True)\ntime.sleep(60)\n")
+  t = os.times().elapsed
+  line, rc, _ = step_bench._run_until_json(cmd, timeout_s=30, exit_grace_s=0.5)
+  assert json.loads(line) == {"s_per_step": 0.25} and rc is None
+  assert os.times().elapsed - t < 20
+
+
+def test_peer_failure_and_silence_are_reported(tmp_path):
+  cmd = _script(tmp_path, "print('no torch', file=sys.stderr)\nsys.exit(3)\n")
+  line, rc, err = step_bench._run_until_json(cmd, timeout_s=30)
+  assert line is None and rc == 3 and "no torch" in err
+  cmd = _script(tmp_path, "time.sleep(60)\n")
+  line, rc, err = step_bench._run_until_json(cmd, timeout_s=1)
+  assert line is None and rc is None and "killed after 1 s" in err
+
+
+def test_peer_exit_code_is_kept_after_its_figures(tmp_path):
+  cmd = _script(tmp_path, "print('{\"a\": 1}')\nprint('tail')\n")
+  assert step_bench._run_until_json(cmd, timeout_s=30) == ('{"a": 1}', 0, "")
