@@ -48,11 +48,13 @@ class ConvNeXt(nn.Module):
   ls_init_value: float = 1e-6
   dtype: Any = jnp.float32
   depthwise_impl: str = "auto"   # auto | conv | shift (see layers.DepthwiseConv)
+  conv_impl: str = "auto"        # stem and downsampling: auto | xla | dots (layers.conv)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = x.astype(self.dtype)
-    conv_init = dict(kernel_init=layers.trunc_normal(0.02), bias_init=nn.initializers.zeros)
+    conv_init = dict(kernel_init=layers.trunc_normal(0.02), bias_init=nn.initializers.zeros,
+                     impl=self.conv_impl)
     x = layers.conv(self.dims[0], 4, 4, 0, use_bias=True, dtype=self.dtype, name="stem_0",
                     **conv_init)(x)
     x = layers.LayerNorm(dtype=self.dtype, name="stem_1")(x)

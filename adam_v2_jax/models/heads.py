@@ -78,7 +78,12 @@ class WeightNormLinear(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     v = self.param("kernel", layers.torch_default_kernel(), (x.shape[-1], self.features),
                    jnp.float32)
-    return jnp.dot(x.astype(jnp.float32), _normalize(v, axis=0))
+    # (x @ v) / ||v||_col rather than x @ (v / ||v||_col): the same product without a normalised
+    # copy of v, which XLA:CPU fused into the matrix product and then ran this one layer
+    # (2 x 256 @ 256 x 65536) for 8.7 s of a 13.3 s ResNet-50 step (2-core CPU). The column norms
+    # as a product with ones: XLA:CPU's reduction over the leading axis was 4x slower (190 ms).
+    sq_norm = jnp.dot(jnp.ones((v.shape[0],), jnp.float32), jnp.square(v))
+    return jnp.dot(x.astype(jnp.float32), v) / jnp.maximum(jnp.sqrt(sq_norm), 1e-12)
 
 
 def _torch_linear(features: int, fan_in: int, dtype, name: str) -> nn.Dense:

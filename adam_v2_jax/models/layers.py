@@ -10,6 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from adam_v2_jax.models import cpu_conv
+
 Dtype = Any
 
 
@@ -81,14 +83,26 @@ def torch_padding(padding: int) -> Sequence[Tuple[int, int]]:
   return ((padding, padding), (padding, padding))
 
 
+def resolve_conv_impl(impl: str) -> str:
+  """'auto' -> 'dots' on CPU (models/cpu_conv.py: XLA:CPU's conv weight gradients are slow),
+  'xla' (lax.conv_general_dilated) elsewhere."""
+  if impl == "auto":
+    return "dots" if jax.default_backend() == "cpu" else "xla"
+  if impl not in ("xla", "dots"):
+    raise ValueError(f"conv impl must be auto, xla or dots, got {impl!r}")
+  return impl
+
+
 def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, *, use_bias: bool,
-         dtype: Dtype, kernel_init, bias_init=nn.initializers.zeros, name: Optional[str] = None
-         ) -> nn.Conv:
-  """A Conv with torch-style explicit padding; kernel HWIO float32."""
+         dtype: Dtype, kernel_init, bias_init=nn.initializers.zeros, name: Optional[str] = None,
+         impl: str = "auto") -> nn.Conv:
+  """A Conv with torch-style explicit padding; kernel HWIO float32. impl: see resolve_conv_impl
+  (the same parameters and function either way)."""
+  fn = cpu_conv.conv_general_dilated if resolve_conv_impl(impl) == "dots" else None
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=torch_padding(padding), use_bias=use_bias, dtype=dtype,
                  param_dtype=jnp.float32, kernel_init=kernel_init, bias_init=bias_init,
-                 name=name)
+                 name=name, conv_general_dilated=fn)
 
 
 class LayerNorm(nn.Module):

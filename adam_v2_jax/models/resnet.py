@@ -23,27 +23,23 @@ class Bottleneck(nn.Module):
   drop_path: float = 0.0
   zero_init_last: bool = False
   dtype: Any = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     kinit = layers.kaiming_normal_fan_out()
     bn = lambda name, **kw: layers.BatchNorm(dtype=self.dtype, name=name, **kw)
+    conv = lambda ch, k, s, p, name: layers.conv(ch, k, s, p, use_bias=False, dtype=self.dtype,
+                                                 kernel_init=kinit, name=name, impl=self.conv_impl)
     out_ch = self.planes * EXPANSION
-    y = layers.conv(self.planes, 1, use_bias=False, dtype=self.dtype, kernel_init=kinit,
-                    name="conv1")(x)
-    y = nn.relu(bn("bn1")(y, train))
-    y = layers.conv(self.planes, 3, self.stride, 1, use_bias=False, dtype=self.dtype,
-                    kernel_init=kinit, name="conv2")(y)
-    y = nn.relu(bn("bn2")(y, train))
-    y = layers.conv(out_ch, 1, use_bias=False, dtype=self.dtype, kernel_init=kinit,
-                    name="conv3")(y)
+    y = nn.relu(bn("bn1")(conv(self.planes, 1, 1, 0, "conv1")(x), train))
+    y = nn.relu(bn("bn2")(conv(self.planes, 3, self.stride, 1, "conv2")(y), train))
+    y = conv(out_ch, 1, 1, 0, "conv3")(y)
     last_init = nn.initializers.zeros if self.zero_init_last else nn.initializers.ones
     y = bn("bn3", scale_init=last_init)(y, train)
     y = layers.DropPath(self.drop_path, name="drop_path")(y, train)
     if self.downsample:
-      x = layers.conv(out_ch, 1, self.stride, use_bias=False, dtype=self.dtype,
-                      kernel_init=kinit, name="downsample_0")(x)
-      x = bn("downsample_1")(x, train)
+      x = bn("downsample_1")(conv(out_ch, 1, self.stride, 0, "downsample_0")(x), train)
     return nn.relu(y + x)
 
 
@@ -59,12 +55,14 @@ class ResNet(nn.Module):
   drop_path: float = 0.0
   zero_init_last: bool = False
   dtype: Any = jnp.float32
+  conv_impl: str = "auto"  # auto | xla | dots (see layers.resolve_conv_impl)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = x.astype(self.dtype)
     x = layers.conv(STEM_WIDTH, 7, 2, 3, use_bias=False, dtype=self.dtype,
-                    kernel_init=layers.kaiming_normal_fan_out(), name="conv1")(x)
+                    kernel_init=layers.kaiming_normal_fan_out(), name="conv1",
+                    impl=self.conv_impl)(x)
     x = nn.relu(layers.BatchNorm(dtype=self.dtype, name="bn1")(x, train))
     x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     rates = layers.drop_path_rates(self.drop_path, sum(self.layers))
@@ -74,6 +72,6 @@ class ResNet(nn.Module):
         stride = 2 if (s > 0 and i == 0) else 1
         down = i == 0 and (stride != 1 or in_ch != planes * EXPANSION)
         x = Bottleneck(planes, stride, down, rates[b], self.zero_init_last, self.dtype,
-                       name=f"layer{s + 1}_{i}")(x, train)
+                       self.conv_impl, name=f"layer{s + 1}_{i}")(x, train)
         in_ch, b = planes * EXPANSION, b + 1
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
