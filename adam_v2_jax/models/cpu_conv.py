@@ -39,16 +39,21 @@ def conv_tap_grad(x: jax.Array, w: jax.Array, strides: Tuple[int, int],
   return _im2col_conv(x, w, strides, padding)
 
 
+def _tap_input(xp, i, j, strides, out_hw):
+  """xp[:, i + sh*y, j + sw*x] for y < H', x < W': the padded input seen by kernel tap (i, j)."""
+  (sh, sw), (ho, wo) = strides, out_hw
+  n, _, _, ci = xp.shape
+  return lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, ci),
+                   (1, sh, sw, 1))
+
+
 def _im2col_conv(x, w, strides, padding):
-  """The k*k shifted (strided) inputs side by side, times the kernel as one matrix."""
+  """The k*k tap inputs side by side, times the kernel as one matrix."""
   kh, kw, ci, co = w.shape
-  sh, sw = strides
   xp = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
-  n, hp, wp, _ = xp.shape
-  ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-  cols = jnp.concatenate([
-      lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, ci),
-                (1, sh, sw, 1)) for i in range(kh) for j in range(kw)], axis=-1)
+  out_hw = ((xp.shape[1] - kh) // strides[0] + 1, (xp.shape[2] - kw) // strides[1] + 1)
+  cols = jnp.concatenate([_tap_input(xp, i, j, strides, out_hw)
+                          for i in range(kh) for j in range(kw)], axis=-1)
   return jnp.dot(cols, w.reshape(kh * kw * ci, co))
 
 
@@ -80,9 +85,8 @@ def _tap_bwd(strides, padding, res, g):
   taps = []
   for i in range(kh):  # dw[i, j] = sum over (n, y, x) of x_pad[n, i + s*y, j + s*x] g[n, y, x]
     for j in range(kw):
-      xs = lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, ci),
-                     (1, sh, sw, 1))
-      taps.append(jnp.dot(xs.reshape(-1, ci).T, g2, preferred_element_type=jnp.float32))
+      xs = _tap_input(xp, i, j, strides, (ho, wo)).reshape(-1, ci)
+      taps.append(jnp.dot(xs.T, g2, preferred_element_type=jnp.float32))
   dw = jnp.stack(taps).reshape(kh, kw, ci, co).astype(w.dtype)
   return dx, dw
 
