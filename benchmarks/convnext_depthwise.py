@@ -19,6 +19,7 @@ STAGES = ((56, 128), (28, 256), (14, 512), (7, 1024))   # ConvNeXt-B at 224 px
 
 
 def _time(fn, repeats):
+  """Best of `repeats` calls of fn (JAX or PyTorch; JAX results are waited for), in ms."""
   jax.block_until_ready(fn())   # compile + warm-up
   best = float("inf")
   for _ in range(repeats):
@@ -45,21 +46,19 @@ def torch_depthwise(n, hw, c, repeats):
     conv.zero_grad()
     x.grad = None
     conv(x).square().sum().backward()
-  step()
-  best = float("inf")
-  for _ in range(repeats):
-    t = time.perf_counter()
-    step()
-    best = min(best, time.perf_counter() - t)
-  return best * 1e3
+  return _time(step, repeats)
 
 
-def jax_model(name, impl, n, size, repeats):
-  net = models.create_backbone(name, depthwise_impl=impl)
+def jax_model(name, n, size, repeats, **overrides):
+  """A whole backbone's forward + backward in training mode (BatchNorm statistics updated),
+  created with `overrides` (e.g. depthwise_impl='shift', conv_impl='dots')."""
+  net = models.create_backbone(name, **overrides)
   x = jax.random.normal(jax.random.PRNGKey(0), (n, size, size, 3))
   v = jax.jit(lambda k: net.init(k, x, train=False))(jax.random.PRNGKey(0))
-  g = jax.jit(jax.grad(lambda v, x: jnp.sum(jnp.square(net.apply(v, x, train=True)))))
-  return _time(lambda: g(v, x), repeats)
+  loss = lambda p, x: jnp.sum(jnp.square(net.apply({**v, "params": p}, x, train=True,
+                                                   mutable=["batch_stats"])[0]))
+  g = jax.jit(jax.grad(loss))
+  return _time(lambda: g(v["params"], x), repeats)
 
 
 def torch_model(name, n, size, repeats):
@@ -72,13 +71,7 @@ def torch_model(name, n, size, repeats):
   def step():
     m.zero_grad()
     m(x).square().sum().backward()
-  step()
-  best = float("inf")
-  for _ in range(repeats):
-    t = time.perf_counter()
-    step()
-    best = min(best, time.perf_counter() - t)
-  return best * 1e3
+  return _time(step, repeats)
 
 
 def main():
@@ -103,8 +96,8 @@ def main():
     print(f"{str((a.batch, hw, hw, c)):>22} {conv:10.1f} {shift:10.1f} {tt:10.1f}")
   if a.model:
     for name, n, size in (("tiny_convnext", a.batch, 64), ("convnext_base", 2, 224)):
-      conv = jax_model(name, "conv", n, size, a.repeats)
-      shift = jax_model(name, "shift", n, size, a.repeats)
+      conv = jax_model(name, n, size, a.repeats, depthwise_impl="conv")
+      shift = jax_model(name, n, size, a.repeats, depthwise_impl="shift")
       tt = torch_model(name, n, size, a.repeats) if has_torch else float("nan")
       print(f"{name} N={n} {size}px: xla conv {conv:.0f} ms, shift {shift:.0f} ms, "
             f"torch {tt:.0f} ms")

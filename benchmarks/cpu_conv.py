@@ -17,9 +17,8 @@ from jax import lax
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]  # run as a script from a checkout, installed or not
-from convnext_depthwise import _time, torch_model  # noqa: E402  pylint: disable=wrong-import-position,line-too-long
+from convnext_depthwise import _time, jax_model, torch_model  # noqa: E402  pylint: disable=wrong-import-position,line-too-long
 
-from adam_v2_jax import models  # noqa: E402  pylint: disable=wrong-import-position
 from adam_v2_jax.models import cpu_conv  # noqa: E402  pylint: disable=wrong-import-position
 
 
@@ -46,25 +45,12 @@ def torch_conv(n, h, ci, co, k, s, repeats):
   import torch   # pylint: disable=g-import-not-at-top
   conv = torch.nn.Conv2d(ci, co, k, stride=s, padding=k // 2, bias=False)
   x = torch.randn(n, ci, h, h, requires_grad=True)
-  best, t = float("inf"), __import__("time")
-  for i in range(repeats + 1):
-    start = t.perf_counter()
+
+  def step():
     conv.zero_grad()
     x.grad = None
     conv(x).square().sum().backward()
-    if i:
-      best = min(best, t.perf_counter() - start)
-  return best * 1e3
-
-
-def jax_model(name, impl, n, size, repeats):
-  net = models.create_backbone(name, conv_impl=impl)
-  x = jax.random.normal(jax.random.PRNGKey(0), (n, size, size, 3))
-  v = jax.jit(lambda k: net.init(k, x, train=False))(jax.random.PRNGKey(0))
-  loss = lambda p, x: jnp.sum(jnp.square(net.apply({**v, "params": p}, x, train=True,
-                                                   mutable=["batch_stats"])[0]))
-  g = jax.jit(jax.grad(loss))
-  return _time(lambda: g(v["params"], x), repeats)
+  return _time(step, repeats)
 
 
 def main():
@@ -89,7 +75,8 @@ def main():
     print(f"{f'{h}, {ci}->{co}, {k}x{k}, s{s}':>30} {xla:8.1f} {dots:8.1f} {tt:8.1f}")
   if a.models:
     for name in ("resnet50", "convnext_base"):
-      times = {i: jax_model(name, i, a.batch, a.size, a.repeats) for i in ("xla", "dots")}
+      times = {i: jax_model(name, a.batch, a.size, a.repeats, conv_impl=i)
+               for i in ("xla", "dots")}
       tt = torch_model(name, a.batch, a.size, a.repeats) if torch_threads else float("nan")
       print(f"{name}: " + ", ".join(f"{i} {t:.0f} ms" for i, t in times.items()) +
             f", torch {tt:.0f} ms")
