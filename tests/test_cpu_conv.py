@@ -19,7 +19,7 @@ CASES = [
     ((2, 8, 8, 4), 2, 3, 2, 0),    # patchify (ConvNeXt downsampling)
     ((2, 9, 9, 4), 3, 5, 1, 1),    # 3x3: taps
     ((2, 9, 10, 4), 3, 5, 2, 1),   # 3x3 strided (ResNet v1.5 conv2)
-    ((2, 15, 15, 3), 7, 4, 2, 3),  # the ResNet stem (RGB: XLA's own conv)
+    ((2, 15, 15, 3), 7, 4, 2, 3),  # the ResNet stem (RGB: XLA's conv, dw by kernel rows)
     ((2, 15, 15, 8), 7, 4, 2, 3),  # a 7x7 stride-2 conv by taps
 ]
 
@@ -42,9 +42,10 @@ def test_conv_as_dots_equals_lax_values_and_gradients(shape, k, co, stride, pad)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
 
 
-def test_bfloat16_gradients_keep_the_kernel_dtype():
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 4), jnp.bfloat16)
-  w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 4, 5), jnp.bfloat16)
+@pytest.mark.parametrize("ci", [4, 8])  # weight gradient by kernel rows / by taps
+def test_bfloat16_gradients_keep_the_kernel_dtype(ci):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, ci), jnp.bfloat16)
+  w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, ci, 5), jnp.bfloat16)
   pad = ((1, 1), (1, 1))
   f = lambda impl: jax.grad(lambda w: jnp.sum(impl(x, w).astype(jnp.float32) ** 2))(w)
   new = f(lambda x, w: cpu_conv.conv_as_dots(x, w, (1, 1), pad))

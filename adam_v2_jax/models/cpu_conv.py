@@ -13,7 +13,8 @@ dots). Same parameters and the same function as lax.conv_general_dilated, to flo
   - any other kernel with at least MIN_TAP_CHANNELS input channels: im2col and a dot forward
     (XLA:CPU's own took 230 ms for a 3x3 conv on 2x2 maps of 512 channels, batch 16, against
     5 ms), both gradients from matrix products per kernel tap (custom VJP: only x and w are kept
-    for the backward pass); fewer channels (an RGB stem) keep XLA's convolution.
+    for the backward pass); fewer channels (an RGB stem) keep XLA's convolution and input
+    gradient, with the weight gradient as one matrix product per kernel row.
 
 On GPU/TPU the library convolutions are used unchanged (layers.conv: impl 'auto').
 """
@@ -26,8 +27,8 @@ from jax import lax
 
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 Padding = Tuple[Tuple[int, int], Tuple[int, int]]
-# Fewer input channels than this keep XLA's convolution (ResNet's 7x7 stem on RGB: 48 ms by XLA,
-# 67 ms as 49 tap products, batch 8 at 112 px).
+# Fewer input channels than this keep XLA's forward convolution (ResNet's 7x7 stem on RGB: 48 ms
+# by XLA, 67 ms as 49 tap products, batch 8 at 112 px); see conv_row_grad.
 MIN_TAP_CHANNELS = 8
 
 
@@ -94,6 +95,45 @@ def _tap_bwd(strides, padding, res, g):
 conv_tap_grad.defvjp(_tap_fwd, _tap_bwd)
 
 
+def _xla_conv(x, w, strides, padding):
+  return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=DIMENSIONS)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_row_grad(x: jax.Array, w: jax.Array, strides: Tuple[int, int],
+                  padding: Padding) -> jax.Array:
+  """x [N,H,W,Ci] * w [kh,kw,Ci,Co] -> [N,H',W',Co]: XLA's convolution and input gradient, the
+  weight gradient as one matrix product per kernel row (the row's kw taps side by side).
+
+  For few input channels (an RGB stem), where a product per tap is too thin: XLA:CPU's own
+  weight gradient took 415 ms of a 950 ms step (tiny_resnet, 96 views of 64 px), 7 row products
+  take a tenth of that. The input gradient is dropped by XLA when x is the network's input.
+  """
+  return _xla_conv(x, w, strides, padding)
+
+
+def _row_fwd(x, w, strides, padding):
+  return _xla_conv(x, w, strides, padding), (x, w)
+
+
+def _row_bwd(strides, padding, res, g):
+  x, w = res
+  kh, kw, ci, co = w.shape
+  n, ho, wo, _ = g.shape
+  dx = jax.vjp(lambda x: _xla_conv(x, w, strides, padding), x)[1](g)[0]
+  xp = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  g2 = g.reshape(-1, co)
+  rows = []
+  for i in range(kh):  # dw[i] = [x_pad taps (i, 0..kw-1)]^T g, [kw*ci, co]
+    cols = jnp.concatenate([_tap_input(xp, i, j, strides, (ho, wo)) for j in range(kw)], -1)
+    rows.append(jnp.dot(cols.reshape(-1, kw * ci).T, g2, preferred_element_type=jnp.float32))
+  dw = jnp.stack(rows).reshape(kh, kw, ci, co).astype(w.dtype)
+  return dx, dw
+
+
+conv_row_grad.defvjp(_row_fwd, _row_bwd)
+
+
 def conv_as_dots(x: jax.Array, w: jax.Array, strides: Sequence[int],
                  padding: Sequence[Sequence[int]]) -> jax.Array:
   """NHWC x HWIO convolution (no dilation, no groups) by the fastest XLA:CPU form above.
@@ -112,8 +152,8 @@ def conv_as_dots(x: jax.Array, w: jax.Array, strides: Sequence[int],
     x = x[:, :ho * kh, :wo * kw]  # VALID drops the remainder
     patches = x.reshape(n, ho, kh, wo, kw, ci).transpose(0, 1, 3, 2, 4, 5)
     return jnp.dot(patches.reshape(n, ho, wo, kh * kw * ci), w.reshape(kh * kw * ci, co))
-  if ci < MIN_TAP_CHANNELS:  # the RGB stem: k*k tiny products; XLA's conv is faster there
-    return lax.conv_general_dilated(x, w, (sh, sw), pad, dimension_numbers=DIMENSIONS)
+  if ci < MIN_TAP_CHANNELS:  # the RGB stem: k*k tiny products; XLA's forward is faster there
+    return conv_row_grad(x, w, (sh, sw), pad)
   return conv_tap_grad(x, w, (sh, sw), pad)
 
 

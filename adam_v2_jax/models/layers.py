@@ -3,6 +3,7 @@
 Everything here keeps parameters in float32 and computes in a configurable dtype. Normalisation
 statistics are always computed in float32.
 """
+import functools
 import math
 from typing import Any, Optional, Sequence, Tuple
 
@@ -182,16 +183,9 @@ def resolve_depthwise_impl(impl: str, channels: int | None = None) -> str:
   return impl
 
 
-def depthwise_conv_shift(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
-  """Stride-1 depthwise convolution as a sum of shifted multiply-adds.
-
-  x: [N,H,W,C]; kernel: [k,k,1,C] (HWIO with feature_group_count=C); returns [N,H',W',C]
-  equal to lax.conv_general_dilated(..., feature_group_count=C) to float rounding.
-  """
+def _shift_sum(xp: jax.Array, kernel: jax.Array, h: int, w: int) -> jax.Array:
+  """sum_ij xp[:, i:i+h, j:j+w] * kernel[i, j, 0]: [N,H',W',C] (one fused loop in XLA)."""
   k = kernel.shape[0]
-  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  h = xp.shape[1] - k + 1
-  w = xp.shape[2] - k + 1
   out = None
   for i in range(k):
     rows = xp[:, i:i + h]
@@ -199,6 +193,48 @@ def depthwise_conv_shift(x: jax.Array, kernel: jax.Array, padding: int) -> jax.A
       term = rows[:, :, j:j + w] * kernel[i, j, 0]
       out = term if out is None else out + term
   return out
+
+
+def _pad_hw(x: jax.Array, padding: int) -> jax.Array:
+  return jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def depthwise_conv_shift(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+  """Stride-1 depthwise convolution as a sum of shifted multiply-adds.
+
+  x: [N,H,W,C]; kernel: [k,k,1,C] (HWIO with feature_group_count=C); returns [N,H',W',C]
+  equal to lax.conv_general_dilated(..., feature_group_count=C) to float rounding.
+  The gradients are written out (custom VJP): the input's is the same shift sum of the padded
+  output gradient with the flipped kernel, the kernel's one reduction per tap. Autodiff of the
+  forward instead pads each of the k*k slices' gradients separately, which XLA:CPU ran as k*k
+  full-size pads.
+  """
+  k = kernel.shape[0]
+  xp = _pad_hw(x, padding)
+  return _shift_sum(xp, kernel, xp.shape[1] - k + 1, xp.shape[2] - k + 1)
+
+
+def _depthwise_fwd(x, kernel, padding):
+  return depthwise_conv_shift(x, kernel, padding), (x, kernel)
+
+
+def _depthwise_bwd(padding, res, g):
+  x, kernel = res
+  k = kernel.shape[0]
+  g = g.astype(x.dtype)
+  gp = _pad_hw(g, k - 1 - padding)
+  dx = _shift_sum(gp, kernel[::-1, ::-1], x.shape[1], x.shape[2])
+  xp = _pad_hw(x, padding)
+  h, w = g.shape[1], g.shape[2]
+  acc = jnp.promote_types(x.dtype, jnp.float32)  # the kernel gradient sums N*H*W terms
+  taps = [jnp.sum(xp[:, i:i + h, j:j + w].astype(acc) * g.astype(acc), axis=(0, 1, 2))
+          for i in range(k) for j in range(k)]
+  dk = jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
+  return dx.astype(x.dtype), dk
+
+
+depthwise_conv_shift.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
 class DepthwiseConv(nn.Module):
