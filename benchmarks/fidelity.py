@@ -13,6 +13,7 @@ random init; writes it to OUT/fidelity.md and OUT/fidelity.json, with the full a
 
   python benchmarks/fidelity.py --out=runs/fidelity           # ~30 min on 2 CPU cores
   python benchmarks/fidelity.py --out=runs/fidelity_q --quick  # a few minutes: the plumbing
+  python benchmarks/fidelity.py --out=runs/lcd_long --variants=LCD --steps=2400  # one longer run
 
 Runs resume: a finished run is not trained again (delete OUT to start over). Compiled steps are
 cached in OUT/jax_cache, so a rerun skips most compilation.
@@ -96,6 +97,18 @@ def _parse_set(text: str):
     return key.strip(), value.strip()  # a bare string
 
 
+def select_variants(text: str | None, quick: bool = False) -> list[str]:
+  """The run names of --variants ('LCD,L'), in VARIANTS order; default all (quick: two)."""
+  known = [v[0] for v in VARIANTS]
+  if not text:
+    return [n for n in known if not quick or n in QUICK_VARIANTS]
+  asked = [n.strip() for n in text.split(",") if n.strip()]
+  unknown = [n for n in asked if n not in known]
+  if unknown or not asked:
+    raise ValueError(f"--variants: unknown run(s) {unknown or text!r}; known: {', '.join(known)}")
+  return [n for n in known if n in asked]
+
+
 def train_variant(config, workdir: str) -> dict:
   """Trains (or resumes) one run; returns its wall time and last losses."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -145,14 +158,17 @@ def main():
   p.add_argument("--out", default="runs/fidelity")
   p.add_argument("--quick", action="store_true", help="a few minutes: 2 runs, few steps")
   p.add_argument("--backbone", default="tiny_resnet")
-  p.add_argument("--steps", type=int, default=None, help="steps per run (default 240; quick 6)")
+  p.add_argument("--steps", type=int, default=None, help="steps per run (default 480; quick 6)")
   p.add_argument("--batch", type=int, default=None, help="anchors per step (default 16; quick 8)")
   p.add_argument("--set", type=_parse_set, action="append", default=[], metavar="KEY=VALUE",
                  help="override a config key in every run (repeatable)")
+  p.add_argument("--variants", default=None, help="comma-separated runs to train and analyse "
+                 f"(default: all of {','.join(v[0] for v in VARIANTS)}; quick: "
+                 f"{','.join(QUICK_VARIANTS)})")
   p.add_argument("--cases", type=int, default=None, help="held-out phantom patients analysed "
                  "(default 60; quick 12)")
   args = p.parse_args()
-  steps = args.steps or (6 if args.quick else 240)
+  steps = args.steps or (6 if args.quick else 480)
   batch = args.batch or (8 if args.quick else 16)
   cases = args.cases or (12 if args.quick else 60)
   os.makedirs(args.out, exist_ok=True)
@@ -162,7 +178,10 @@ def main():
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
   from adam_v2_jax import evaluate  # pylint: disable=g-import-not-at-top
 
-  names = [v[0] for v in VARIANTS if not args.quick or v[0] in QUICK_VARIANTS]
+  try:
+    names = select_variants(args.variants, args.quick)
+  except ValueError as e:
+    p.error(str(e))
   runs, train_info = [], {}
   for name, weights, c2f in VARIANTS:
     if name not in names:

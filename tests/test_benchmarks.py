@@ -12,6 +12,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import fidelity  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import memory  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import step as step_bench  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -148,3 +149,25 @@ def test_peer_failure_and_silence_are_reported(tmp_path):
 def test_peer_exit_code_is_kept_after_its_figures(tmp_path):
   cmd = _script(tmp_path, "print('{\"a\": 1}')\nprint('tail')\n")
   assert step_bench._run_until_json(cmd, timeout_s=30) == ('{"a": 1}', 0, "")
+
+
+def test_fidelity_variant_selection():
+  assert fidelity.select_variants(None) == ["L", "LC", "LCD", "LCD-1lvl"]
+  assert fidelity.select_variants(None, quick=True) == ["L", "LCD"]
+  assert fidelity.select_variants("LCD, L") == ["L", "LCD"]  # VARIANTS order
+  with pytest.raises(ValueError, match="LCDX"):
+    fidelity.select_variants("LCD,LCDX")
+
+
+def test_fidelity_table_marks_wins_over_every_baseline():
+  def metrics(intra, knn):
+    loc = {"intra_distance": {"all": {"median": intra}}, "knn_accuracy": knn,
+           "silhouette": 0.1, "scale_patient_retrieval": 0.2}
+    return {"localizability": {"centered": loc}, "whole_parts": {"centered": {}},
+            "interpolation": {"centered": {}}, "extrapolation": {"centered": {}}}
+  results = {"LCD": metrics(0.5, 0.9), "r0": metrics(0.6, 0.95), "r1": metrics(0.7, 0.8)}
+  text, wins = fidelity.table(results, ["LCD"], ["r0", "r1"])
+  # lower intra-distance wins; kNN 0.9 loses to r0's 0.95; ties (silhouette) are no win
+  assert wins["LCD"] == {"intra_dist_median": True, "knn_acc": False, "silhouette": False,
+                         "scale_patient": False}
+  assert "| LCD | 0.500+ | 0.900 |" in text and "| 1/4 |" in text
