@@ -21,6 +21,7 @@ device's dense bfloat16 peak (--peak_tflops, or the table PEAK_TFLOPS), and peak
 on the same backbone, per-device batch and device, and prints both in one table.
 """
 import argparse
+import glob
 import json
 import os
 import statistics
@@ -393,8 +394,19 @@ def official_device(choice: str) -> str:
   return "cuda" if os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0") else "cpu"
 
 
+def tpu_device_nodes() -> list[str]:
+  """A TPU VM's device nodes (/dev/accel* up to v4, /dev/vfio/<n> on later ones), found without
+  starting JAX."""
+  return sorted(glob.glob("/dev/accel*") + glob.glob("/dev/vfio/[0-9]*"))
+
+
 def main(argv=None):
   a = parse_args(argv)
+  if a.compare_official and official_device(a.official_device) == "cpu" and tpu_device_nodes():
+    # Refused before anything runs: the peer would otherwise take minutes on the host's CPU
+    # before ours (on the TPU) showed that the two are not on the same device.
+    raise SystemExit(f"--compare_official runs on cpu or gpu (PyTorch); this host has TPU "
+                     f"devices ({', '.join(tpu_device_nodes()[:2])}): run without it here")
   config = bench_config(a.backbone, a.batch, a.dtype, a.image, a.local, a.canvas, a.out_dim,
                         head_hidden_dim=a.head_hidden_dim,
                         head_bottleneck_dim=a.head_bottleneck_dim)

@@ -171,3 +171,13 @@ def test_fidelity_table_marks_wins_over_every_baseline():
   assert wins["LCD"] == {"intra_dist_median": True, "knn_acc": False, "silhouette": False,
                          "scale_patient": False}
   assert "| LCD | 0.500+ | 0.900 |" in text and "| 1/4 |" in text
+
+
+def test_official_peer_refused_up_front_on_a_tpu_host(monkeypatch):
+  monkeypatch.setattr(step_bench, "tpu_device_nodes", lambda: ["/dev/accel0"])
+  monkeypatch.setattr(step_bench, "official_device", lambda choice: "cpu")
+  def no_peer(*a, **k):
+    raise AssertionError("the released step must not run on a TPU host")
+  monkeypatch.setattr(step_bench, "run_official", no_peer)
+  with pytest.raises(SystemExit, match="TPU devices .*/dev/accel0"):
+    step_bench.main(["--backbone", "tiny_resnet", "--compare_official"])
