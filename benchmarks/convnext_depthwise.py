@@ -37,16 +37,19 @@ def jax_depthwise(impl, n, hw, c, repeats):
   return _time(lambda: g(v, x), repeats)
 
 
-def torch_depthwise(n, hw, c, repeats):
-  import torch   # pylint: disable=g-import-not-at-top
-  conv = torch.nn.Conv2d(c, c, 7, padding=3, groups=c)
-  x = torch.randn(n, c, hw, hw, requires_grad=True)
-
+def torch_conv_time(conv, x, repeats):
+  """Best of `repeats` forward+backward passes of a torch module on x (requires_grad), in ms."""
   def step():
     conv.zero_grad()
     x.grad = None
     conv(x).square().sum().backward()
   return _time(step, repeats)
+
+
+def torch_depthwise(n, hw, c, repeats):
+  import torch   # pylint: disable=g-import-not-at-top
+  conv = torch.nn.Conv2d(c, c, 7, padding=3, groups=c)
+  return torch_conv_time(conv, torch.randn(n, c, hw, hw, requires_grad=True), repeats)
 
 
 def jax_model(name, n, size, repeats, **overrides):

@@ -17,7 +17,7 @@ from jax import lax
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]  # run as a script from a checkout, installed or not
-from convnext_depthwise import _time, jax_model, torch_model  # noqa: E402  pylint: disable=wrong-import-position,line-too-long
+from convnext_depthwise import _time, jax_model, torch_conv_time, torch_model  # noqa: E402  pylint: disable=wrong-import-position,line-too-long
 
 from adam_v2_jax.models import cpu_conv  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -44,13 +44,7 @@ def jax_conv(impl, n, h, ci, co, k, s, repeats):
 def torch_conv(n, h, ci, co, k, s, repeats):
   import torch   # pylint: disable=g-import-not-at-top
   conv = torch.nn.Conv2d(ci, co, k, stride=s, padding=k // 2, bias=False)
-  x = torch.randn(n, ci, h, h, requires_grad=True)
-
-  def step():
-    conv.zero_grad()
-    x.grad = None
-    conv(x).square().sum().backward()
-  return _time(step, repeats)
+  return torch_conv_time(conv, torch.randn(n, ci, h, h, requires_grad=True), repeats)
 
 
 def main():

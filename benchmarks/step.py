@@ -402,11 +402,12 @@ def tpu_device_nodes() -> list[str]:
 
 def main(argv=None):
   a = parse_args(argv)
-  if a.compare_official and official_device(a.official_device) == "cpu" and tpu_device_nodes():
+  tpu_nodes = tpu_device_nodes() if a.compare_official else []
+  if tpu_nodes and official_device(a.official_device) == "cpu":
     # Refused before anything runs: the peer would otherwise take minutes on the host's CPU
     # before ours (on the TPU) showed that the two are not on the same device.
     raise SystemExit(f"--compare_official runs on cpu or gpu (PyTorch); this host has TPU "
-                     f"devices ({', '.join(tpu_device_nodes()[:2])}): run without it here")
+                     f"devices ({', '.join(tpu_nodes[:2])}): run without it here")
   config = bench_config(a.backbone, a.batch, a.dtype, a.image, a.local, a.canvas, a.out_dim,
                         head_hidden_dim=a.head_hidden_dim,
                         head_bottleneck_dim=a.head_bottleneck_dim)

@@ -48,10 +48,31 @@ def _tap_input(xp, i, j, strides, out_hw):
                    (1, sh, sw, 1))
 
 
+def _pad(x, padding):
+  """x [N,H,W,C] padded by ((top, bottom), (left, right))."""
+  return jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+
+
+def _weight_grad(xp, g, kernel_shape, strides, taps_per_product: int):
+  """dw [kh,kw,Ci,Co] = sum over (n, y, x) of x_pad[n, i + s*y, j + s*x] g[n, y, x], as one matrix
+  product per kernel tap (taps_per_product=1) or per kernel row (kw: the row's taps side by side,
+  for few input channels, where a product per tap is too thin). xp: the padded input."""
+  kh, kw, ci, co = kernel_shape
+  ho, wo = g.shape[1:3]
+  taps = [(i, j) for i in range(kh) for j in range(kw)]
+  products = []
+  for t in range(0, len(taps), taps_per_product):
+    group = taps[t:t + taps_per_product]
+    cols = jnp.concatenate([_tap_input(xp, i, j, strides, (ho, wo)) for i, j in group], -1)
+    products.append(jnp.dot(cols.reshape(-1, len(group) * ci).T, g.reshape(-1, co),
+                            preferred_element_type=jnp.float32))
+  return jnp.stack(products).reshape(kernel_shape)
+
+
 def _im2col_conv(x, w, strides, padding):
   """The k*k tap inputs side by side, times the kernel as one matrix."""
   kh, kw, ci, co = w.shape
-  xp = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  xp = _pad(x, padding)
   out_hw = ((xp.shape[1] - kh) // strides[0] + 1, (xp.shape[2] - kw) // strides[1] + 1)
   cols = jnp.concatenate([_tap_input(xp, i, j, strides, out_hw)
                           for i in range(kh) for j in range(kw)], axis=-1)
@@ -68,12 +89,12 @@ def _tap_bwd(strides, padding, res, g):
   n, ho, wo, _ = g.shape
   sh, sw = strides
   (pt, pb), (pl, pr) = padding
-  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  xp = _pad(x, padding)
   hp, wp = xp.shape[1:3]
-  g2 = g.reshape(-1, co)
   # dx: every tap's contribution in one matrix product, then added back at its (strided) place.
   # XLA:CPU's transposed convolution took 150-300 ms for ResNet-50's 4x4 last stage at 112 px.
-  cols = jnp.dot(g2, w.reshape(kh * kw * ci, co).T, preferred_element_type=jnp.float32)
+  cols = jnp.dot(g.reshape(-1, co), w.reshape(kh * kw * ci, co).T,
+                 preferred_element_type=jnp.float32)
   cols = cols.reshape(n, ho, wo, kh, kw, ci)
   dxp = None
   for i in range(kh):
@@ -83,13 +104,7 @@ def _tap_bwd(strides, padding, res, g):
                        (j, wp - j - sw * (wo - 1) - 1, sw - 1), (0, 0, 0)))
       dxp = piece if dxp is None else dxp + piece
   dx = dxp[:, pt:hp - pb, pl:wp - pr].astype(x.dtype)
-  taps = []
-  for i in range(kh):  # dw[i, j] = sum over (n, y, x) of x_pad[n, i + s*y, j + s*x] g[n, y, x]
-    for j in range(kw):
-      xs = _tap_input(xp, i, j, strides, (ho, wo)).reshape(-1, ci)
-      taps.append(jnp.dot(xs.T, g2, preferred_element_type=jnp.float32))
-  dw = jnp.stack(taps).reshape(kh, kw, ci, co).astype(w.dtype)
-  return dx, dw
+  return dx, _weight_grad(xp, g, w.shape, strides, 1).astype(w.dtype)
 
 
 conv_tap_grad.defvjp(_tap_fwd, _tap_bwd)
@@ -118,17 +133,9 @@ def _row_fwd(x, w, strides, padding):
 
 def _row_bwd(strides, padding, res, g):
   x, w = res
-  kh, kw, ci, co = w.shape
-  n, ho, wo, _ = g.shape
   dx = jax.vjp(lambda x: _xla_conv(x, w, strides, padding), x)[1](g)[0]
-  xp = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
-  g2 = g.reshape(-1, co)
-  rows = []
-  for i in range(kh):  # dw[i] = [x_pad taps (i, 0..kw-1)]^T g, [kw*ci, co]
-    cols = jnp.concatenate([_tap_input(xp, i, j, strides, (ho, wo)) for j in range(kw)], -1)
-    rows.append(jnp.dot(cols.reshape(-1, kw * ci).T, g2, preferred_element_type=jnp.float32))
-  dw = jnp.stack(rows).reshape(kh, kw, ci, co).astype(w.dtype)
-  return dx, dw
+  dw = _weight_grad(_pad(x, padding), g, w.shape, strides, w.shape[1])
+  return dx, dw.astype(w.dtype)
 
 
 conv_row_grad.defvjp(_row_fwd, _row_bwd)

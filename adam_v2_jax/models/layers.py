@@ -199,6 +199,12 @@ def _pad_hw(x: jax.Array, padding: int) -> jax.Array:
   return jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
 
 
+def _depthwise(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+  k = kernel.shape[0]
+  xp = _pad_hw(x, padding)
+  return _shift_sum(xp, kernel, xp.shape[1] - k + 1, xp.shape[2] - k + 1)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def depthwise_conv_shift(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
   """Stride-1 depthwise convolution as a sum of shifted multiply-adds.
@@ -210,13 +216,11 @@ def depthwise_conv_shift(x: jax.Array, kernel: jax.Array, padding: int) -> jax.A
   forward instead pads each of the k*k slices' gradients separately, which XLA:CPU ran as k*k
   full-size pads.
   """
-  k = kernel.shape[0]
-  xp = _pad_hw(x, padding)
-  return _shift_sum(xp, kernel, xp.shape[1] - k + 1, xp.shape[2] - k + 1)
+  return _depthwise(x, kernel, padding)
 
 
 def _depthwise_fwd(x, kernel, padding):
-  return depthwise_conv_shift(x, kernel, padding), (x, kernel)
+  return _depthwise(x, kernel, padding), (x, kernel)
 
 
 def _depthwise_bwd(padding, res, g):
