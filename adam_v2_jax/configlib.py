@@ -40,7 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
       dicom_normalize="voi",     # voi (VOI LUT / window when present) | minmax
       phantom_seed=0,
       channels=1,                # 1: grey radiographs (replicated to 3 on the device); 3: colour
-      canvas_size=448,           # side of the anchor canvas handed to the step
+      canvas_size=512,           # anchor canvas side: anchors up to it reach the step unresized
       phantom_size=512,          # phantom image side
       phantom_count=2048,        # phantom "patients" (records per epoch)
       workers=0,                 # grain worker processes (0: in the main process)

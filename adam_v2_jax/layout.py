@@ -5,10 +5,13 @@ import it. The host draws every view's random parameters in this order; the step
 from the anchor canvas and routes them to teacher and student by these indices.
 
 Batch contract (host -> step), per anchor, V = len(layout.sizes), S = config.data.canvas_size:
-  canvas        uint8[S, S, C]   the anchor w resized to S x S; C = 1 (grey, replicated to 3 on
-                                 the device) or 3 (colour)
+  canvas        uint8[S, S, C]   the anchor w in the top-left corner at its own resolution, a side
+                                 longer than S shrunk to S; zeros elsewhere; C = 1 (grey,
+                                 replicated to 3 on the device) or 3 (colour)
+  extent        float32[2]       the anchor's height and width on the canvas, in fractions of S
+                                 (optional for the renderer: absent means (1, 1))
   crop          float32[V, 4]    (top, left, height, width) of the view's crop box, in fractions
-                                 of the canvas side (continuous; 0..1)
+                                 of the anchor (continuous; 0..1)
   angle         float32[V]       rotation in degrees, counter-clockwise (PIL/torchvision sign)
   jitter        float32[V, 4]    brightness, contrast, saturation factors and hue shift;
                                  (1, 1, 1, 0) when jitter is not applied (the identity)

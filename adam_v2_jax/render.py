@@ -1,12 +1,12 @@
 """Device-side view rendering: anchor canvas + per-view random parameters -> normalised views.
 
-The host hands the step fixed-shape uint8 canvases and each view's parameters (layout.py); this
-module renders every view inside the jitted step, batched over anchors and views, in the order of
-the released transforms (SPEC 3):
+The host hands the step fixed-shape uint8 canvases (the anchor in a top-left extent of each) and
+each view's parameters (layout.py); this module renders every view inside the jitted step, batched
+over anchors and views, in the order of the released transforms (SPEC 3):
 
   1. crop the box and resize to size x size, bicubic (Keys a=-0.5), antialiased when shrinking,
      with PIL's conventions (continuous box, pixel centres at +0.5, weights renormalised at the
-     canvas border); values clamped to [0, 1];
+     anchor's border, where the canvas' padding begins); values clamped to [0, 1];
   2. colour jitter, torchvision's float-tensor semantics, ops in the view's drawn order, clamped to
      [0, 1] after each op;
   3. rotation about the view centre, counter-clockwise, nearest neighbour, fill 0 (the released
@@ -43,38 +43,49 @@ def keys_cubic(x: jax.Array, a: float = -0.5) -> jax.Array:
   return jnp.where(x < 1.0, near, jnp.where(x < 2.0, far, 0.0))
 
 
-def resize_weights(start: jax.Array, length: jax.Array, in_size: int, out_size: int) -> jax.Array:
+def resize_weights(start: jax.Array, length: jax.Array, in_size: int, out_size: int,
+                   valid: jax.Array | None = None) -> jax.Array:
   """Bicubic resampling matrices of the interval [start, start + length) of an axis.
 
   Args:
     start, length: float32[...] interval in input pixels (pixel i spans [i, i + 1]).
     in_size, out_size: static axis lengths.
+    valid: float32[...] pixels of the axis that hold the image (default all in_size); those
+      beyond get weight 0, as if the axis ended there.
   Returns:
-    float32[..., out_size, in_size]; rows sum to 1 (renormalised where the kernel leaves the axis).
+    float32[..., out_size, in_size]; rows sum to 1 (renormalised where the kernel leaves the
+    image).
   """
   scale = (length / out_size)[..., None, None]
   support_scale = jnp.maximum(scale, 1.0)  # widen the kernel when shrinking (antialiasing)
   centre = start[..., None, None] + (jnp.arange(out_size, dtype=jnp.float32)[:, None] + 0.5) * scale
   src = jnp.arange(in_size, dtype=jnp.float32) + 0.5
   w = keys_cubic((src - centre) / support_scale)
+  if valid is not None:
+    w = jnp.where(src < valid[..., None, None], w, 0.0)
   total = jnp.sum(w, axis=-1, keepdims=True)
   return w / jnp.where(total == 0.0, 1.0, total)
 
 
-def crop_resize(canvas: jax.Array, crop: jax.Array, size: int) -> jax.Array:
-  """Crops (top, left, height, width fractions) and resizes bicubically.
+def crop_resize(canvas: jax.Array, crop: jax.Array, size: int,
+                extent: jax.Array | None = None) -> jax.Array:
+  """Crops (top, left, height, width fractions of the anchor) and resizes bicubically.
 
   Args:
-    canvas: uint8[B, S, S, C].
-    crop: float32[B, V, 4] boxes in fractions of S.
+    canvas: uint8[B, S, S, C], the anchor in its top-left extent.
+    crop: float32[B, V, 4] boxes in fractions of the anchor.
     size: static output side.
+    extent: float32[B, 2] anchor height and width in fractions of S (default: the whole canvas).
   Returns:
     float32[B, V, size, size, C] in [0, 1].
   """
   s = canvas.shape[1]
-  crop = crop.astype(jnp.float32) * s
-  wy = resize_weights(crop[..., 0], crop[..., 2], s, size)  # [B, V, size, S]
-  wx = resize_weights(crop[..., 1], crop[..., 3], s, size)
+  if extent is None:
+    extent = jnp.ones(canvas.shape[:1] + (2,), jnp.float32)
+  anchor = extent.astype(jnp.float32)[:, None, :] * s  # [B, 1, 2] pixels
+  crop = crop.astype(jnp.float32) * jnp.concatenate([anchor, anchor], axis=-1)
+  wy = resize_weights(crop[..., 0], crop[..., 2], s, size, anchor[..., 0])  # [B, V, size, S]
+  wx = resize_weights(crop[..., 1], crop[..., 3], s, size, anchor[..., 1])
   img = canvas.astype(jnp.float32) / 255.0
   rows = jnp.einsum("bvys,bsxc->bvyxc", wy, img, precision=_PRECISION)
   out = jnp.einsum("bvxt,bvytc->bvyxc", wx, rows, precision=_PRECISION)
@@ -220,7 +231,7 @@ def _channel_vector(value, name: str) -> jax.Array:
   return jnp.broadcast_to(v, (3,))
 
 
-def _check(canvas, params: Mapping[str, jax.Array]) -> None:
+def _check(canvas, params: Mapping[str, jax.Array], extent) -> None:
   if canvas.ndim != 4 or canvas.shape[1] != canvas.shape[2] or canvas.shape[3] not in (1, 3):
     raise ValueError(f"render_views: canvas must be uint8[B, S, S, 1 or 3], got {canvas.shape}")
   if canvas.dtype != jnp.uint8:
@@ -232,6 +243,9 @@ def _check(canvas, params: Mapping[str, jax.Array]) -> None:
   if len(angle_shape) != 2 or angle_shape[0] != canvas.shape[0]:
     raise ValueError(f"render_views: params['angle'] must be [B, V] with B = {canvas.shape[0]} "
                      f"(the canvas batch), got {angle_shape}")
+  if extent is not None and tuple(extent.shape) != (canvas.shape[0], 2):
+    raise ValueError(f"render_views: extent must be [B, 2] with B = {canvas.shape[0]} (the canvas "
+                     f"batch), got {tuple(extent.shape)}")
   for k in layout.PARAM_KEYS:
     want = angle_shape + _PARAM_TAIL[k]
     if tuple(params[k].shape) != want:
@@ -241,26 +255,30 @@ def _check(canvas, params: Mapping[str, jax.Array]) -> None:
 
 def render_views(canvas: jax.Array, params: Mapping[str, jax.Array], size: int,
                  mean: float | Sequence[float] = 0.0, std: float | Sequence[float] = 1.0,
-                 dtype=jnp.float32) -> jax.Array:
+                 dtype=jnp.float32, extent: jax.Array | None = None) -> jax.Array:
   """Renders V views of each of B anchors.
 
   Args:
     canvas: uint8[B, S, S, C], C = 1 (grey) or 3 (colour).
-    params: layout.PARAM_KEYS -> crop float[B, V, 4] (top, left, height, width in fractions of S),
+    params: layout.PARAM_KEYS -> crop float[B, V, 4] (top, left, height, width in fractions of
+      the anchor),
       angle float[B, V] (degrees, counter-clockwise), jitter float[B, V, 4] (brightness,
       contrast, saturation, hue), jitter_order int[B, V, 4], blur_sigma float[B, V] (output
       pixels, 0 = none). Extra keys are ignored.
     size: static output side.
     mean, std: per-channel normalisation (scalars or 3 values).
     dtype: output dtype; all arithmetic is float32.
+    extent: float[B, 2] the anchor's height and width on the canvas in fractions of S (it fills
+      the top-left corner); default: the whole canvas.
   Returns:
     dtype[B, V, size, size, 3]: (view - mean) / std.
   """
-  _check(canvas, params)
+  _check(canvas, params, extent)
   mean, std = _channel_vector(mean, "mean"), _channel_vector(std, "std")
   params = {k: jnp.asarray(params[k]) for k in layout.PARAM_KEYS}
   # Grey stays one channel until normalisation: every op below treats it as replicated grey.
-  x = crop_resize(jnp.asarray(canvas), params["crop"], size)
+  x = crop_resize(jnp.asarray(canvas), params["crop"], size,
+                  None if extent is None else jnp.asarray(extent))
   x = color_jitter(x, params["jitter"].astype(jnp.float32), params["jitter_order"])
   x = rotate_nearest(x, params["angle"])
   x = gaussian_blur(x, params["blur_sigma"].astype(jnp.float32))
@@ -269,7 +287,7 @@ def render_views(canvas: jax.Array, params: Mapping[str, jax.Array], size: int,
 
 def render_groups(canvas: jax.Array, params: Mapping[str, jax.Array],
                   groups: Sequence[tuple[int, Sequence[int]]], mean=0.0, std=1.0,
-                  dtype=jnp.float32) -> list[jax.Array]:
+                  dtype=jnp.float32, extent: jax.Array | None = None) -> list[jax.Array]:
   """Renders the views of each (size, view indices) group of ViewLayout.groups().
 
   Returns one dtype[B, len(indices), size, size, 3] per group, in the order of `groups`.
@@ -278,5 +296,5 @@ def render_groups(canvas: jax.Array, params: Mapping[str, jax.Array],
   for size, views in groups:
     idx = np.asarray(views)
     sub = {k: params[k][:, idx] for k in layout.PARAM_KEYS}
-    out.append(render_views(canvas, sub, size, mean, std, dtype))
+    out.append(render_views(canvas, sub, size, mean, std, dtype, extent))
   return out

@@ -57,7 +57,8 @@ def make_train_step(config, nets: model_lib.Networks, layout: layout_lib.ViewLay
 
   def render_group(batch, size, idx):
     params = {k: batch[k][:, list(idx)] for k in layout_lib.PARAM_KEYS}
-    return render.render_views(batch["canvas"], params, size, v.mean, v.std, dtype=dtype)
+    return render.render_views(batch["canvas"], params, size, v.mean, v.std, dtype=dtype,
+                               extent=batch.get("extent"))
 
   def train_step(state: state_lib.TrainState, batch, rng):
     step = state.step

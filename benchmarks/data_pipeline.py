@@ -1,9 +1,11 @@
 """Host-side anchors per second on ONE core, per source kind, against the authors' host path.
 
 Each row times the whole host path of one anchor on one thread of one core: read + decode the
-record (source[i]), crop the hierarchical anchor at --level, resize it to the canvas and draw every
-view's parameters (data.sampling.sample_anchor, stage LCD unless --mode L). Views are rendered on
-the device, so this is all the host does per anchor. The images are --count phantom radiographs
+record (source[i]), crop the hierarchical anchor at each of --levels onto the canvas (shrinking a
+side longer than the canvas) and draw every view's parameters (data.sampling.sample_anchor,
+stage LCD unless --mode L). Views are rendered on the device, so this is all the host does per
+anchor. With several levels, a last table averages the time per anchor over the released
+recipe's epochs per level. The images are --count phantom radiographs
 of --size px (data.phantom), written as PNG, JPEG (q95), DICOM (12-bit MONOCHROME1 with a window)
 and prepared ArrayRecord (python -m adam_v2_jax.prepare; uncompressed and zstd). glibc's malloc
 is set as the data pipeline sets it (data/allocator.py); the authors' path runs as released.
@@ -11,7 +13,8 @@ The authors' path (decode + hierarchical crop + 14 PIL views) runs on the same P
 ../shared/bench/official_host_pipeline.py (needs torch, torchvision and a fetched copy of
 MR-HosseinzadehTaher/Eden: --eden).
 
-  python benchmarks/data_pipeline.py --eden /work/.mirror/MR-HosseinzadehTaher+Eden/repo
+  python benchmarks/data_pipeline.py --eden /work/.mirror/MR-HosseinzadehTaher+Eden/repo \
+      --levels 0,1,2
 """
 import os
 
@@ -108,38 +111,21 @@ def official(eden: str, png_dir: str, level: int, cpu: int) -> float | None:
   return float(found.group(1))
 
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--workdir", default="/tmp/adamv2_data_bench")
-  p.add_argument("--count", type=int, default=16)
-  p.add_argument("--size", type=int, default=1024)
-  p.add_argument("--level", type=int, default=1)
-  p.add_argument("--mode", default="LCD", choices=["L", "LCD"])
-  p.add_argument("--seconds", type=float, default=2.0, help="per source and round")
-  p.add_argument("--rounds", type=int, default=4)
-  p.add_argument("--official_runs", type=int, default=2, help="20 s each; best one counts")
-  p.add_argument("--eden", default=os.environ.get("EDEN", ""), help="Eden git dir (official row)")
-  args = p.parse_args()
-  cpu = sorted(os.sched_getaffinity(0))[-1]
-  os.sched_setaffinity(0, {cpu})  # one core
-  allocator.keep_freed_buffers()  # as the pipeline does in each process that reads records
-
-  data = make_data(args.workdir, args.count, args.size)
-  config = configlib.base_config()
-
+def measure(data: dict, config, args, level: int, cpu: int) -> tuple[dict, float]:
+  """({source kind: (read ms per record, anchors/s)}, the authors' anchors/s) at one level."""
   def host_path(src):
     def one(i):
       return sampling.sample_anchor(src[i], config, stage_index=1 if args.mode == "LCD" else 0,
-                                    mode=args.mode, level=args.level, epoch=0, index=i)
+                                    mode=args.mode, level=level, epoch=0, index=i)
     return one
 
   # Rounds interleave the sources and each keeps its best round, so a load spike from other
   # processes hits every row alike instead of one. The official figure is the best of its runs.
   cached = data["ArrayRecord (prepared)"]
-  in_memory = [cached[i] for i in range(len(cached))]
-  timed = {kind: src for kind, src in data.items()}
-  timed["records in memory (sampling only)"] = in_memory
-  refs = [official(args.eden, os.path.join(args.workdir, "png"), args.level, cpu)]
+  timed = dict(data)
+  timed["records in memory (sampling only)"] = [cached[i] for i in range(len(cached))]
+  png = os.path.join(args.workdir, "png")
+  refs = [official(args.eden, png, level, cpu)]
   read = {kind: 0.0 for kind in timed}
   full = {kind: 0.0 for kind in timed}
   for _ in range(args.rounds):
@@ -147,23 +133,65 @@ def main():
       if kind in data:
         read[kind] = max(read[kind], rate(lambda i, s=src: s[i], len(src), args.seconds / 2))
       full[kind] = max(full[kind], rate(host_path(src), len(src), args.seconds))
-  refs += [official(args.eden, os.path.join(args.workdir, "png"), args.level, cpu)
-           for _ in range(args.official_runs - 1)]
-  ref = max([r for r in refs if r] or [0.0])
-  rows = [(kind, 1e3 / read[kind] if read[kind] else 0.0, full[kind]) for kind in timed]
+  refs += [official(args.eden, png, level, cpu) for _ in range(args.official_runs - 1)]
+  print(f"official runs at level {level} (anchors/s): {refs}")
+  rows = {kind: (1e3 / read[kind] if read[kind] else 0.0, full[kind]) for kind in timed}
+  return rows, max([r for r in refs if r] or [0.0])
 
-  print(f"\nHost path, one core (CPU {cpu}), {args.count} phantom radiographs {args.size}x"
-        f"{args.size}, stage {args.mode}, level {args.level}, canvas {config.data.canvas_size}; "
-        f"best of {args.rounds} interleaved rounds:")
+
+def print_table(title: str, rows: dict, ref: float) -> None:
+  print(f"\n{title}")
   print("| source | read+decode ms/record | anchors/s/core | x official |")
   print("|---|---:|---:|---:|")
-  for kind, read_ms, anchors in rows:
+  for kind, (read_ms, anchors) in rows.items():
     ratio = f"{anchors / ref:.1f}" if ref else "n/a"
     shown_ms = f"{read_ms:.2f}" if read_ms else "-"
     print(f"| {kind} | {shown_ms} | {anchors:.1f} | {ratio} |")
   shown = f"{ref:.1f}" if ref else "not run (pass --eden; needs torch + torchvision)"
   print(f"| official release (PNG, 14 PIL views) | - | {shown} | 1.0 |")
-  print(f"official runs (anchors/s): {refs}")
+
+
+def recipe_weighted(per_level: dict, epochs: dict) -> float:
+  """Anchors/s over a run that spends epochs[m] epochs at level m (time per anchor averaged)."""
+  total = sum(epochs[m] for m in per_level)
+  seconds = sum(epochs[m] / per_level[m] for m in per_level if per_level[m])
+  return total / seconds if seconds and all(per_level.values()) else 0.0
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--workdir", default="/tmp/adamv2_data_bench")
+  p.add_argument("--count", type=int, default=16)
+  p.add_argument("--size", type=int, default=1024)
+  p.add_argument("--levels", default="1", help="comma-separated hierarchy levels, e.g. 0,1,2")
+  p.add_argument("--mode", default="LCD", choices=["L", "LCD"])
+  p.add_argument("--seconds", type=float, default=2.0, help="per source and round")
+  p.add_argument("--rounds", type=int, default=4)
+  p.add_argument("--official_runs", type=int, default=2, help="20 s each; best one counts")
+  p.add_argument("--eden", default=os.environ.get("EDEN", ""), help="Eden git dir (official row)")
+  args = p.parse_args()
+  levels = [int(m) for m in args.levels.split(",")]
+  cpu = sorted(os.sched_getaffinity(0))[-1]
+  os.sched_setaffinity(0, {cpu})  # one core
+  allocator.keep_freed_buffers()  # as the pipeline does in each process that reads records
+
+  data = make_data(args.workdir, args.count, args.size)
+  config = configlib.base_config()
+  results = {m: measure(data, config, args, m, cpu) for m in levels}
+  for m, (rows, ref) in results.items():
+    print_table(f"Host path, one core (CPU {cpu}), {args.count} phantom radiographs {args.size}x"
+                f"{args.size}, stage {args.mode}, level {m}, canvas {config.data.canvas_size}; "
+                f"best of {args.rounds} interleaved rounds:", rows, ref)
+  if len(levels) > 1:
+    # The released recipe's epochs per level, both stages together (configlib.base_config).
+    epochs = {m: sum(s.epochs[m] for s in config.stages if m < len(s.epochs)) for m in levels}
+    kinds = results[levels[0]][0]
+    weighted = {k: (0.0, recipe_weighted({m: results[m][0][k][1] for m in levels}, epochs))
+                for k in kinds}
+    ref = recipe_weighted({m: results[m][1] for m in levels}, epochs)
+    print_table(f"Over the recipe's epochs per level {epochs} (time per anchor averaged):",
+                weighted, ref)
+
 
 if __name__ == "__main__":
   main()

@@ -6,7 +6,7 @@ host and device memory of the smoke and demo runs.
   python benchmarks/memory.py --part runs --runs smoke,demo
 
 Batch that fits (computed, not measured on a device): the stage-LCD train step of the full recipe
-(views 224/96 px from 448 px canvases, K = 65536, bfloat16 compute, float32 parameters and
+(views 224/96 px from 512 px canvases, K = 65536, bfloat16 compute, float32 parameters and
 optimizer state, state donated) is lowered and compiled on XLA:CPU for increasing per-device
 batches, nothing allocated; XLA's memory analysis gives its peak (arguments + outputs - donated +
 temporaries). ConvNeXt is compiled with the accelerator formulation of its depthwise conv. The
@@ -85,7 +85,7 @@ def step_peak_bytes(config) -> int:
 
 
 def recipe_config(backbone: str, batch: int, dtype: str = "bfloat16", **sizes):
-  """The full recipe's config (views 224/96 px, 448 px canvases, K = 65536) at this batch;
+  """The full recipe's config (views 224/96 px, 512 px canvases, K = 65536) at this batch;
   sizes: bench_config's image, local, canvas, out_dim to shrink it (tests)."""
   import step as step_bench  # pylint: disable=g-import-not-at-top
   return step_bench.bench_config(backbone, batch, dtype, **sizes)

@@ -44,7 +44,7 @@ def make_fn(size: int, dtype):
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--batch", type=int, default=4)
-  ap.add_argument("--canvas", type=int, default=448)
+  ap.add_argument("--canvas", type=int, default=512)
   ap.add_argument("--channels", type=int, default=1)
   ap.add_argument("--iters", type=int, default=3)
   ap.add_argument("--dtype", default="float32")

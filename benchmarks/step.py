@@ -65,7 +65,7 @@ def default_local(image: int) -> int:
 
 
 def bench_config(backbone: str, batch: int, dtype: str = "auto", image: int = 224,
-                 local: int | None = None, canvas: int = 448, out_dim: int = 65536,
+                 local: int | None = None, canvas: int = 512, out_dim: int = 65536,
                  channels: int = 1, head_hidden_dim: int = 2048,
                  head_bottleneck_dim: int = 256) -> ml_collections.ConfigDict:
   """The released recipe's config with the benchmark's backbone, per-device batch and sizes."""
@@ -90,6 +90,7 @@ def synthetic_batch(config, mode: str, batch: int, seed: int = 0) -> dict:
                      rng.uniform(.8, 1.2, (batch, v)), rng.uniform(-.1, .1, (batch, v))], -1)
   return {
       "canvas": rng.integers(0, 256, (batch, s, s, config.data.channels), dtype=np.uint8),
+      "extent": np.ones((batch, 2), np.float32),
       "crop": np.concatenate([tl, hw], -1).astype(np.float32),
       "angle": rng.uniform(-10, 10, (batch, v)).astype(np.float32),
       "jitter": jitter.astype(np.float32),
@@ -126,7 +127,8 @@ def build_step(config, mode: str = "LCD", devices=None, nets=None):
   s, v, ch = config.data.canvas_size, lay.num_views, config.data.channels
   bsh = sharding.batch_sharded(mesh)
   spec = lambda shape, dt: jax.ShapeDtypeStruct((global_batch,) + shape, dt, sharding=bsh)
-  batch = {"canvas": spec((s, s, ch), np.uint8), "crop": spec((v, 4), np.float32),
+  batch = {"canvas": spec((s, s, ch), np.uint8), "extent": spec((2,), np.float32),
+           "crop": spec((v, 4), np.float32),
            "angle": spec((v,), np.float32), "jitter": spec((v, 4), np.float32),
            "jitter_order": spec((v, 4), np.int32), "blur_sigma": spec((v,), np.float32),
            "index": spec((), np.int32), "skipped": spec((), np.int32)}
@@ -361,7 +363,7 @@ def parse_args(argv=None):
   ap.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
   ap.add_argument("--image", type=int, default=224, help="global view side (x0, x1, parts)")
   ap.add_argument("--local", type=int, default=None, help="local view side (default 96 at 224)")
-  ap.add_argument("--canvas", type=int, default=448, help="anchor canvas side")
+  ap.add_argument("--canvas", type=int, default=512, help="anchor canvas side")
   ap.add_argument("--out_dim", type=int, default=65536, help="K")
   ap.add_argument("--head_hidden_dim", type=int, default=2048)
   ap.add_argument("--head_bottleneck_dim", type=int, default=256)

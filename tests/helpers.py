@@ -85,6 +85,7 @@ def synthetic_batch(config, mode, batch, seed=0):
   tl = rng.uniform(0, 1, size=(batch, v, 2)) * (1 - hw)
   return {
       "canvas": np.clip(canvas, 0, 255).astype(np.uint8),
+      "extent": np.ones((batch, 2), np.float32),
       "crop": np.concatenate([tl, hw], -1).astype(np.float32),
       "angle": rng.uniform(-10, 10, size=(batch, v)).astype(np.float32),
       "jitter": np.stack([rng.uniform(.6, 1.4, (batch, v)), rng.uniform(.6, 1.4, (batch, v)),

@@ -1,7 +1,7 @@
 """Host reference of render.render_views: PIL, numpy, scipy and matplotlib, one view at a time.
 
 Written the straightforward way (as the released pipeline renders on the CPU) so that the device
-renderer can be checked against it: PIL Image.resize (BICUBIC, float box) on the uint8 canvas,
+renderer can be checked against it: PIL Image.resize (BICUBIC, float box) on the uint8 anchor,
 float64 numpy colour jitter with torchvision's tensor formulas (hue through matplotlib's HSV),
 PIL Image.rotate (NEAREST, fill 0) per channel on float images, scipy's gaussian_filter
 (truncate 3, mode "nearest"), then normalisation.
@@ -14,10 +14,10 @@ from PIL import Image
 _LUMA = np.array([0.2989, 0.587, 0.114])
 
 
-def _resize(canvas: np.ndarray, crop, size: int) -> np.ndarray:
-  s = canvas.shape[0]
-  top, left, height, width = (float(c) * s for c in crop)
-  img = Image.fromarray(canvas[..., 0] if canvas.shape[-1] == 1 else canvas)
+def _resize(anchor: np.ndarray, crop, size: int) -> np.ndarray:
+  h, w = anchor.shape[:2]
+  top, left, height, width = (float(c) * s for c, s in zip(crop, (h, w, h, w)))
+  img = Image.fromarray(anchor[..., 0] if anchor.shape[-1] == 1 else anchor)
   out = img.resize((size, size), Image.Resampling.BICUBIC,
                    box=(left, top, left + width, top + height))
   out = np.asarray(out, np.float64) / 255.0
@@ -53,10 +53,10 @@ def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
   return scipy.ndimage.gaussian_filter(x, sigma=(sigma, sigma, 0.0), mode="nearest", truncate=3.0)
 
 
-def render_view(canvas: np.ndarray, crop, angle, jitter, jitter_order, blur_sigma, size: int,
+def render_view(anchor: np.ndarray, crop, angle, jitter, jitter_order, blur_sigma, size: int,
                 mean=0.0, std=1.0, normalise: bool = True) -> np.ndarray:
-  """One view of canvas uint8[S, S, C] -> float64[size, size, 3] (normalised if `normalise`)."""
-  x = _resize(canvas, crop, size)
+  """One view of anchor uint8[H, W, C] -> float64[size, size, 3] (normalised if `normalise`)."""
+  x = _resize(anchor, crop, size)
   x = _jitter(x, jitter, [int(o) for o in jitter_order])
   x = _rotate(x, float(angle))
   x = _blur(x, float(blur_sigma))
@@ -66,12 +66,16 @@ def render_view(canvas: np.ndarray, crop, angle, jitter, jitter_order, blur_sigm
 
 
 def render_views(canvas: np.ndarray, params: dict, size: int, mean=0.0, std=1.0,
-                 normalise: bool = True) -> np.ndarray:
-  """The batched signature of render.render_views, one view at a time on the host."""
+                 normalise: bool = True, extent=None) -> np.ndarray:
+  """The batched signature of render.render_views, one view at a time on the host; the views of
+  anchor i are rendered from its extent of canvas[i] cut out as an image of its own."""
   b, v = np.shape(params["angle"])
+  s = canvas.shape[1]
+  extent = np.ones((b, 2)) if extent is None else np.asarray(extent)
   out = np.zeros((b, v, size, size, 3))
   for i in range(b):
+    h, w = (int(round(float(e) * s)) for e in extent[i])
     for j in range(v):
-      out[i, j] = render_view(canvas[i], *(np.asarray(params[k])[i, j] for k in (
+      out[i, j] = render_view(canvas[i, :h, :w], *(np.asarray(params[k])[i, j] for k in (
           "crop", "angle", "jitter", "jitter_order", "blur_sigma")), size, mean, std, normalise)
   return out

@@ -181,3 +181,25 @@ def test_official_peer_refused_up_front_on_a_tpu_host(monkeypatch):
   monkeypatch.setattr(step_bench, "run_official", no_peer)
   with pytest.raises(SystemExit, match="TPU devices .*/dev/accel0"):
     step_bench.main(["--backbone", "tiny_resnet", "--compare_official"])
+
+
+def test_data_benchmark_weights_levels_by_time_per_anchor():
+  import data_pipeline  # noqa: PLC0415  (sets 1-thread variables for numpy at import)
+  # 10 epochs at 100 anchors/s and 10 at 25: 20 epochs in 0.1 + 0.4 s -> 40 per second.
+  assert data_pipeline.recipe_weighted({0: 100.0, 1: 25.0}, {0: 10, 1: 10}) == pytest.approx(40)
+  assert data_pipeline.recipe_weighted({0: 100.0, 1: 0.0}, {0: 10, 1: 10}) == 0.0  # not run
+
+
+def test_data_benchmark_prints_a_table_per_level(tmp_path):
+  cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "data_pipeline.py"), "--count", "2",
+         "--size", "256", "--seconds", "0.05", "--rounds", "1", "--levels", "0,1",
+         "--workdir", str(tmp_path), "--eden", ""]
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+  assert out.returncode == 0, out.stderr[-2000:]
+  for level in (0, 1):
+    assert f"stage LCD, level {level}, canvas 512" in out.stdout
+  assert "epochs per level {0: 210, 1: 290}" in out.stdout
+  rates = [float(m) for m in re.findall(r"\| ArrayRecord \(prepared\) \| [0-9.]+ \| ([0-9.]+) \|",
+                                        out.stdout)]
+  assert len(rates) == 2 and min(rates) > 0

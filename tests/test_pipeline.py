@@ -73,7 +73,8 @@ def test_batch_format_matches_layout():
   for mode in ("L", "LCD"):
     b = next(_iter(c, ArraySource(16), mode=mode, level=0))
     v = layout_lib.layout_from_config(c, mode).num_views
-    shapes = dict(canvas=((8, 32, 32, 1), np.uint8), crop=((8, v, 4), np.float32),
+    shapes = dict(canvas=((8, 32, 32, 1), np.uint8), extent=((8, 2), np.float32),
+                  crop=((8, v, 4), np.float32),
                   angle=((8, v), np.float32), jitter=((8, v, 4), np.float32),
                   jitter_order=((8, v, 4), np.int32), blur_sigma=((8, v), np.float32),
                   index=((8,), np.int32), skipped=((8,), np.int32))

@@ -348,17 +348,48 @@ def test_render_groups_routes_views():
       assert _psnr(np.asarray(out[0, j]) * STD, ref[0, j] * STD) >= PSNR_MIN
 
 
+def test_anchor_in_a_padded_canvas_renders_as_the_anchor_alone():
+  # An anchor of 40 x 28 px in the corner of a 64 px canvas whose padding is noise: rendered with
+  # its extent, every view equals that of the anchor as a canvas of its own (the padding gets no
+  # weight, PIL's border renormalisation happens at the anchor's edge), and matches the host
+  # reference rendered from the cut-out anchor.
+  rng = np.random.default_rng(11)
+  canvas = rng.integers(0, 256, (2, 64, 64, 1), dtype=np.uint8)
+  anchor = _to_canvas(chest_cr()[::7, ::7, 0], 40)[:, 6:34]   # 40 x 28, a real image
+  canvas[0, :40, :28] = anchor
+  extent = np.array([[40 / 64, 28 / 64], [1.0, 1.0]], np.float32)
+  p = random_params(4, 2, 3)
+  p["crop"][0, 0] = (0.0, 0.0, 1.0, 1.0)                      # the whole anchor, to its edges
+  out = np.asarray(jax.jit(render.render_views, static_argnames="size")(
+      canvas, p, size=16, extent=extent))
+  ref = render_reference.render_views(canvas, p, 16, extent=extent)
+  for i in range(2):
+    for j in range(3):
+      assert _psnr(out[i, j], ref[i, j]) >= PSNR_MIN
+  # The same views from the anchor alone: square canvases only, so compare the whole-anchor view
+  # through a 40 x 40 canvas whose extra columns are padding too.
+  alone = np.zeros((1, 40, 40, 1), np.uint8)
+  alone[0, :, :28] = anchor
+  first = {k: v[:1, :1] for k, v in p.items()}
+  want = np.asarray(render.render_views(alone, first, 16, extent=np.array([[1.0, 28 / 40]])))
+  np.testing.assert_allclose(out[0, 0], want[0, 0], atol=1e-5)
+  full = np.asarray(render.render_views(canvas[:1], first, 16))   # no extent: the padding shows
+  assert np.abs(full[0, 0] - out[0, 0]).max() > 0.1
+
+
 @pytest.mark.parametrize("change,message", [
     (lambda c, p: (c, {k: v for k, v in p.items() if k != "blur_sigma"}), "blur_sigma"),
     (lambda c, p: (c, dict(p, crop=p["crop"][..., :3])), "crop"),
     (lambda c, p: (c.astype(np.float32), p), "uint8"),
     (lambda c, p: (c[:, :, :8], p), "canvas"),
     (lambda c, p: (c, dict(p, angle=p["angle"][:1])), "angle"),
+    (lambda c, p: (c, dict(p, extent=np.ones((3, 2), np.float32))), "extent"),
 ])
 def test_bad_input_is_named(change, message):
   canvas, p = change(np.zeros((2, 16, 16, 1), np.uint8), identity_params(2, 3))
+  extent = p.pop("extent", None)
   with pytest.raises(ValueError, match=message):
-    render.render_views(canvas, p, 8)
+    render.render_views(canvas, p, 8, extent=extent)
 
 
 def main(seeds=(1, 2, 3)):

@@ -78,26 +78,45 @@ def test_bad_images_are_bad_records():
       sampling.sample_anchor(records.Record(image=image, id="x"), cfg, **kw)
 
 
-def test_canvas_is_the_bicubic_anchor():
+def test_canvas_shrinks_a_larger_anchor_bicubically():
   rec = _record(200, 300, 1)
-  canvas = sampling.make_canvas(rec["image"], (20, 30, 100, 150), 64, 1)
+  canvas, extent = sampling.make_canvas(rec["image"], (20, 30, 100, 150), 64, 1)
   want = Image.fromarray(rec["image"][20:120, 30:180, 0]).resize((64, 64), Image.BICUBIC)
   assert canvas.shape == (64, 64, 1) and canvas.dtype == np.uint8
   np.testing.assert_array_equal(canvas[:, :, 0], np.asarray(want))
+  np.testing.assert_array_equal(extent, [1.0, 1.0])
+
+
+def test_canvas_keeps_a_fitting_anchor_unresized():
+  rec = _record(200, 300, 1)
+  canvas, extent = sampling.make_canvas(rec["image"], (20, 30, 40, 50), 64, 1)
+  np.testing.assert_array_equal(canvas[:40, :50], rec["image"][20:60, 30:80])
+  assert not canvas[40:].any() and not canvas[:, 50:].any()  # zeros beyond the anchor
+  np.testing.assert_allclose(extent, [40 / 64, 50 / 64])
+  assert extent.dtype == np.float32
+
+
+def test_canvas_shrinks_only_the_side_that_does_not_fit():
+  rec = _record(200, 300, 1)
+  canvas, extent = sampling.make_canvas(rec["image"], (10, 0, 100, 48), 64, 1)
+  want = Image.fromarray(rec["image"][10:110, 0:48, 0]).resize((48, 64), Image.BICUBIC)
+  np.testing.assert_array_equal(canvas[:, :48, 0], np.asarray(want))
+  assert not canvas[:, 48:].any()
+  np.testing.assert_allclose(extent, [1.0, 48 / 64])
 
 
 def test_canvas_channels():
   grey = _record(100, 100, 1)["image"]
   rgb = _record(100, 100, 3)["image"]
-  box = (0, 0, 100, 100)
-  g3 = sampling.make_canvas(grey, box, 32, 3)
-  assert g3.shape == (32, 32, 3)
-  assert (g3[..., 0] == g3[..., 1]).all() and (g3[..., 1] == g3[..., 2]).all()
-  c3 = sampling.make_canvas(rgb, box, 32, 3)
-  assert c3.shape == (32, 32, 3) and not (c3[..., 0] == c3[..., 1]).all()
-  c1 = sampling.make_canvas(rgb, box, 32, 1)
-  want = np.asarray(Image.fromarray(c3).convert("L"))
-  np.testing.assert_array_equal(c1[..., 0], want)
+  for box, side in (((0, 0, 100, 100), 32), ((0, 0, 20, 30), 32)):  # shrunk, then kept
+    g3, _ = sampling.make_canvas(grey, box, side, 3)
+    assert g3.shape == (side, side, 3)
+    assert (g3[..., 0] == g3[..., 1]).all() and (g3[..., 1] == g3[..., 2]).all()
+    c3, _ = sampling.make_canvas(rgb, box, side, 3)
+    assert c3.shape == (side, side, 3) and not (c3[..., 0] == c3[..., 1]).all()
+    c1, _ = sampling.make_canvas(rgb, box, side, 1)
+    want = np.asarray(Image.fromarray(c3).convert("L"))
+    np.testing.assert_array_equal(c1[..., 0], want)
 
 
 def test_sixteen_bit_images_use_their_full_range():
@@ -105,12 +124,16 @@ def test_sixteen_bit_images_use_their_full_range():
   ramp8 = np.tile(np.linspace(0, 255, 128).round().astype(np.uint8), (96, 1))[:, :, None]
   ramp16 = ramp8.astype(np.uint16) * 257
   box = (8, 0, 80, 128)
-  c8 = sampling.make_canvas(ramp8, box, 48, 1).astype(int)
-  c16 = sampling.make_canvas(ramp16, box, 48, 1).astype(int)
+  c8 = sampling.make_canvas(ramp8, box, 48, 1)[0].astype(int)
+  c16 = sampling.make_canvas(ramp16, box, 48, 1)[0].astype(int)
   assert np.abs(c8 - c16).max() <= 1
   assert c16.max() >= 250                                  # not clipped, not darkened
+  kept = (8, 60, 40, 68)                                   # fits: scaled to 8 bits, not resampled
+  np.testing.assert_array_equal(sampling.make_canvas(ramp16, kept, 96, 1)[0][:40, :68],
+                                ramp8[8:48, 60:128])
   full = np.full((64, 64, 1), 65535, np.uint16)
-  assert (sampling.make_canvas(full, (0, 0, 64, 64), 32, 3) == 255).all()
+  assert (sampling.make_canvas(full, (0, 0, 64, 64), 32, 3)[0] == 255).all()
+  assert (sampling.make_canvas(full, (0, 0, 16, 16), 32, 3)[0][:16, :16] == 255).all()
 
 
 def test_random_resized_crop_follows_torchvision():

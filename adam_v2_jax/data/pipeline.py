@@ -196,9 +196,9 @@ def make_iterator(config, *, stage_index: int, mode: str, level: int, epochs: in
 
   Returns:
     A grain DatasetIterator (get_state/set_state) of dicts with a leading axis of
-    global_batch // process_count: canvas uint8[b, S, S, C], crop float32[b, V, 4],
-    angle float32[b, V], jitter float32[b, V, 4], jitter_order int32[b, V, 4],
-    blur_sigma float32[b, V], index int32[b], skipped int32[b].
+    global_batch // process_count: canvas uint8[b, S, S, C], extent float32[b, 2],
+    crop float32[b, V, 4], angle float32[b, V], jitter float32[b, V, 4],
+    jitter_order int32[b, V, 4], blur_sigma float32[b, V], index int32[b], skipped int32[b].
   """
   return iter(make_dataset(config, stage_index=stage_index, mode=mode, level=level, epochs=epochs,
                            process_index=process_index, process_count=process_count,

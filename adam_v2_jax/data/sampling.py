@@ -3,13 +3,13 @@
 One anchor is a pure function of (record, config, stage index, mode, level, epoch, record index):
 its randomness comes from numpy Generators seeded with those integers (and the config's seed), so
 it is the same in any process, worker or host. The host does no image work beyond cropping the
-anchor and resizing it to the canvas; the step renders the views from the canvas and the
-parameters drawn here (layout.py describes the format).
+anchor onto the canvas (shrinking only a side longer than the canvas); the step renders the views
+from the canvas and the parameters drawn here (layout.py describes the format).
 
 Crop boxes are drawn the way the reference transforms draw them, on the anchor's own pixel size
 (integer sides, rounded as torchvision rounds them) and handed over as fractions of the anchor,
-which the canvas spans exactly: the rendered view shows the same region that cropping the anchor
-would.
+whose region of the canvas the extent gives: the rendered view shows the same region that cropping
+the anchor would.
 """
 import math
 
@@ -93,33 +93,48 @@ def anchor_box(rng: np.random.Generator, height: int, width: int, mode: str, lev
   return top, left, ah, aw
 
 
-def make_canvas(image: np.ndarray, box, canvas_size: int, channels: int) -> np.ndarray:
-  """The anchor `box` of `image` [H, W, C] resized to uint8[S, S, channels] (PIL bicubic).
+def make_canvas(image: np.ndarray, box, canvas_size: int,
+                channels: int) -> tuple[np.ndarray, np.ndarray]:
+  """The anchor `box` of `image` [H, W, C] on a uint8[S, S, channels] canvas, and its extent.
+
+  The anchor keeps its own pixels along a side that fits in S and is shrunk to S (PIL bicubic,
+  antialiased) along a longer one; it sits in the top-left corner, zeros elsewhere. The step
+  renders the views from the anchor's region only (render.py), so an anchor that fits reaches
+  the device unresampled, as the released transforms crop it, and costs the host a copy instead
+  of a resize.
 
   uint16 images are resized in float and mapped to 8 bits over their full range (v * 255 /
   65535, rounded), so no value clips; grey becomes RGB by replication, RGB grey by ITU-R 601
   luma, as PIL converts.
+
+  Returns:
+    (canvas uint8[S, S, channels], extent float32[2]: the anchor's height and width on the
+    canvas, in fractions of S).
   """
   top, left, ah, aw = box
   anchor = image[top:top + ah, left:left + aw]    # cropped first, as the reference does
-  size = (canvas_size, canvas_size)
+  oh, ow = min(ah, canvas_size), min(aw, canvas_size)
+  resize = (oh, ow) != (ah, aw)
   if image.dtype == np.uint16:
-    planes = [np.asarray(Image.fromarray(anchor[:, :, c].astype(np.float32))
-                         .resize(size, Image.BICUBIC)) for c in range(anchor.shape[2])]
-    out = np.stack(planes, axis=-1) * (255.0 / 65535.0)
-    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
-  else:
+    planes = anchor.astype(np.float32)
+    if resize:
+      planes = np.stack([np.asarray(Image.fromarray(planes[:, :, c]).resize(
+          (ow, oh), Image.BICUBIC)) for c in range(anchor.shape[2])], axis=-1)
+    out = np.clip(np.rint(planes * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+  elif resize:
     # A contiguous copy first: PIL reads a strided array through tobytes(), which is slower.
     pil = Image.fromarray(np.ascontiguousarray(anchor[:, :, 0] if image.shape[2] == 1 else anchor))
-    out = np.asarray(pil.resize(size, Image.BICUBIC))
+    out = np.asarray(pil.resize((ow, oh), Image.BICUBIC))
     out = out[:, :, None] if out.ndim == 2 else out
-  if channels == out.shape[2]:
-    return np.ascontiguousarray(out)
-  if channels == 3:
-    return np.stack([out[:, :, 0]] * 3, axis=-1)  # twice as fast as np.repeat here
-  if channels == 1:
-    return np.asarray(Image.fromarray(out).convert("L"))[:, :, None]
-  raise ValueError(f"config.data.channels must be 1 or 3, got {channels}")
+  else:
+    out = anchor
+  if channels == 1 and out.shape[2] == 3:
+    out = np.asarray(Image.fromarray(np.ascontiguousarray(out)).convert("L"))[:, :, None]
+  elif channels not in (1, 3):
+    raise ValueError(f"config.data.channels must be 1 or 3, got {channels}")
+  canvas = np.zeros((canvas_size, canvas_size, channels), np.uint8)
+  canvas[:oh, :ow] = out  # grey broadcasts to 3 channels (replication)
+  return canvas, np.array([oh / canvas_size, ow / canvas_size], np.float32)
 
 
 def _fallback(height, width, ratio):
@@ -223,20 +238,20 @@ def sample_anchor(record, config, *, stage_index: int, mode: str, level: int, ep
       ones, so that it does not repeat its own anchor).
 
   Returns:
-    {canvas uint8[S, S, C], crop float32[V, 4], angle float32[V], jitter float32[V, 4],
+    {canvas uint8[S, S, C], extent float32[2], crop float32[V, 4], angle float32[V], jitter float32[V, 4],
      jitter_order int32[V, 4], blur_sigma float32[V], index int32[], skipped int32[] (0)}.
   """
   image = check_image(record)
   words = (config.seed, stage_index, level, epoch, index, draw)
   box = anchor_box(rng_for(_ANCHOR, *words), image.shape[0], image.shape[1], mode, level,
                    record.get("id", "?"))
-  canvas = make_canvas(image, box, config.data.canvas_size, config.data.channels)
+  canvas, extent = make_canvas(image, box, config.data.canvas_size, config.data.channels)
   views = config.views
   num_views = layout_lib.layout_from_config(config, mode).num_views
   rng = rng_for(_VIEWS, *words)
   crop = crop_boxes(rng, mode, box[2:], views)
   jitter, order, angle, sigma = photometric(rng, mode, views, num_views, views.n_local)
-  return dict(canvas=canvas, crop=crop, angle=angle, jitter=jitter, jitter_order=order,
+  return dict(canvas=canvas, extent=extent, crop=crop, angle=angle, jitter=jitter, jitter_order=order,
               blur_sigma=sigma, index=np.int32(index), skipped=np.int32(0))
 
 
