@@ -212,7 +212,8 @@ def depthwise_conv_shift(x: jax.Array, kernel: jax.Array, padding: int) -> jax.A
   x: [N,H,W,C]; kernel: [k,k,1,C] (HWIO with feature_group_count=C); returns [N,H',W',C]
   equal to lax.conv_general_dilated(..., feature_group_count=C) to float rounding.
   The gradients are written out (custom VJP): the input's is the same shift sum of the padded
-  output gradient with the flipped kernel, the kernel's one reduction per tap. Autodiff of the
+  output gradient with the flipped kernel, the kernel's per-channel matmuls
+  (_depthwise_kernel_grad). Autodiff of the
   forward instead pads each of the k*k slices' gradients separately, which XLA:CPU ran as k*k
   full-size pads.
   """
@@ -229,13 +230,29 @@ def _depthwise_bwd(padding, res, g):
   g = g.astype(x.dtype)
   gp = _pad_hw(g, k - 1 - padding)
   dx = _shift_sum(gp, kernel[::-1, ::-1], x.shape[1], x.shape[2])
-  xp = _pad_hw(x, padding)
-  h, w = g.shape[1], g.shape[2]
-  acc = jnp.promote_types(x.dtype, jnp.float32)  # the kernel gradient sums N*H*W terms
-  taps = [jnp.sum(xp[:, i:i + h, j:j + w].astype(acc) * g.astype(acc), axis=(0, 1, 2))
-          for i in range(k) for j in range(k)]
-  dk = jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
-  return dx.astype(x.dtype), dk
+  dk = _depthwise_kernel_grad(_pad_hw(x, padding), g, k).reshape(kernel.shape)
+  return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+def _depthwise_kernel_grad(xp: jax.Array, g: jax.Array, k: int) -> jax.Array:
+  """dk[i, j, c] = sum over n, h, w of xp[n, h + i, w + j, c] * g[n, h, w, c], float32 at least.
+
+  Per kernel row i, one matmul per channel over (n, h): T[c, v, w] = sum xp[n, h+i, v] g[n, h, w];
+  tap (i, j) is the sum of T's diagonal v = w + j. It computes (W + k - 1) / k times the
+  products the k*k reductions need, as matmuls that XLA:CPU runs 1.3-1.8x faster in a forward +
+  backward than those reductions (each a pass over N*H*W*C) at ConvNeXt's stage shapes.
+  xp: [N, H+k-1, W+k-1, C] padded input; g: [N, H, W, C]. Returns [k, k, C].
+  """
+  acc = jnp.promote_types(xp.dtype, jnp.float32)  # the kernel gradient sums N*H*W terms
+  h = g.shape[1]
+  xt = jnp.transpose(xp, (3, 0, 1, 2)).astype(acc)  # channel-major: the matmuls' batch axis
+  gt = jnp.transpose(g, (3, 0, 1, 2)).astype(acc)
+  rows = []
+  for i in range(k):
+    t = jnp.einsum("cnhv,cnhw->cvw", xt[:, :, i:i + h], gt)
+    rows.append(jnp.stack([jnp.sum(jnp.diagonal(t, offset=-j, axis1=1, axis2=2), -1)
+                           for j in range(k)]))
+  return jnp.stack(rows)
 
 
 depthwise_conv_shift.defvjp(_depthwise_fwd, _depthwise_bwd)
