@@ -238,8 +238,9 @@ def sample_anchor(record, config, *, stage_index: int, mode: str, level: int, ep
       ones, so that it does not repeat its own anchor).
 
   Returns:
-    {canvas uint8[S, S, C], extent float32[2], crop float32[V, 4], angle float32[V], jitter float32[V, 4],
-     jitter_order int32[V, 4], blur_sigma float32[V], index int32[], skipped int32[] (0)}.
+    {canvas uint8[S, S, C], extent float32[2], crop float32[V, 4], angle float32[V],
+     jitter float32[V, 4], jitter_order int32[V, 4], blur_sigma float32[V], index int32[],
+     skipped int32[] (0)}.
   """
   image = check_image(record)
   words = (config.seed, stage_index, level, epoch, index, draw)
@@ -251,8 +252,8 @@ def sample_anchor(record, config, *, stage_index: int, mode: str, level: int, ep
   rng = rng_for(_VIEWS, *words)
   crop = crop_boxes(rng, mode, box[2:], views)
   jitter, order, angle, sigma = photometric(rng, mode, views, num_views, views.n_local)
-  return dict(canvas=canvas, extent=extent, crop=crop, angle=angle, jitter=jitter, jitter_order=order,
-              blur_sigma=sigma, index=np.int32(index), skipped=np.int32(0))
+  return dict(canvas=canvas, extent=extent, crop=crop, angle=angle, jitter=jitter,
+              jitter_order=order, blur_sigma=sigma, index=np.int32(index), skipped=np.int32(0))
 
 
 def epoch_permutation(seed: int, stage_index: int, level: int, epoch: int,

@@ -213,9 +213,8 @@ def depthwise_conv_shift(x: jax.Array, kernel: jax.Array, padding: int) -> jax.A
   equal to lax.conv_general_dilated(..., feature_group_count=C) to float rounding.
   The gradients are written out (custom VJP): the input's is the same shift sum of the padded
   output gradient with the flipped kernel, the kernel's per-channel matmuls
-  (_depthwise_kernel_grad). Autodiff of the
-  forward instead pads each of the k*k slices' gradients separately, which XLA:CPU ran as k*k
-  full-size pads.
+  (_depthwise_kernel_grad). Autodiff of the forward instead pads each of the k*k slices'
+  gradients separately, which XLA:CPU ran as k*k full-size pads.
   """
   return _depthwise(x, kernel, padding)
 
@@ -249,7 +248,8 @@ def _depthwise_kernel_grad(xp: jax.Array, g: jax.Array, k: int) -> jax.Array:
   gt = jnp.transpose(g, (3, 0, 1, 2)).astype(acc)
   rows = []
   for i in range(k):
-    t = jnp.einsum("cnhv,cnhw->cvw", xt[:, :, i:i + h], gt)
+    t = jnp.einsum("cnhv,cnhw->cvw", xt[:, :, i:i + h], gt,
+                   precision=jax.lax.Precision.HIGHEST)  # float32 products off CPU too
     rows.append(jnp.stack([jnp.sum(jnp.diagonal(t, offset=-j, axis1=1, axis2=2), -1)
                            for j in range(k)]))
   return jnp.stack(rows)
