@@ -82,7 +82,7 @@ def crop_resize(canvas: jax.Array, crop: jax.Array, size: int,
   s = canvas.shape[1]
   if extent is None:
     extent = jnp.ones(canvas.shape[:1] + (2,), jnp.float32)
-  anchor = extent.astype(jnp.float32)[:, None, :] * s  # [B, 1, 2] pixels
+  anchor = jnp.asarray(extent, jnp.float32)[:, None, :] * s  # [B, 1, 2] pixels
   crop = crop.astype(jnp.float32) * jnp.concatenate([anchor, anchor], axis=-1)
   wy = resize_weights(crop[..., 0], crop[..., 2], s, size, anchor[..., 0])  # [B, V, size, S]
   wx = resize_weights(crop[..., 1], crop[..., 3], s, size, anchor[..., 1])
@@ -277,8 +277,7 @@ def render_views(canvas: jax.Array, params: Mapping[str, jax.Array], size: int,
   mean, std = _channel_vector(mean, "mean"), _channel_vector(std, "std")
   params = {k: jnp.asarray(params[k]) for k in layout.PARAM_KEYS}
   # Grey stays one channel until normalisation: every op below treats it as replicated grey.
-  x = crop_resize(jnp.asarray(canvas), params["crop"], size,
-                  None if extent is None else jnp.asarray(extent))
+  x = crop_resize(jnp.asarray(canvas), params["crop"], size, extent)
   x = color_jitter(x, params["jitter"].astype(jnp.float32), params["jitter_order"])
   x = rotate_nearest(x, params["angle"])
   x = gaussian_blur(x, params["blur_sigma"].astype(jnp.float32))

@@ -111,8 +111,10 @@ def official(eden: str, png_dir: str, level: int, cpu: int) -> float | None:
   return float(found.group(1))
 
 
-def measure(data: dict, config, args, level: int, cpu: int) -> tuple[dict, float]:
-  """({source kind: (read ms per record, anchors/s)}, the authors' anchors/s) at one level."""
+def measure(data: dict, in_memory: list, config, args, level: int,
+            cpu: int) -> tuple[dict, float]:
+  """({source kind: (read ms per record, anchors/s)}, the authors' anchors/s) at one level;
+  in_memory: the prepared records already read (the sampling-only row)."""
   def host_path(src):
     def one(i):
       return sampling.sample_anchor(src[i], config, stage_index=1 if args.mode == "LCD" else 0,
@@ -121,9 +123,8 @@ def measure(data: dict, config, args, level: int, cpu: int) -> tuple[dict, float
 
   # Rounds interleave the sources and each keeps its best round, so a load spike from other
   # processes hits every row alike instead of one. The official figure is the best of its runs.
-  cached = data["ArrayRecord (prepared)"]
   timed = dict(data)
-  timed["records in memory (sampling only)"] = [cached[i] for i in range(len(cached))]
+  timed["records in memory (sampling only)"] = in_memory
   png = os.path.join(args.workdir, "png")
   refs = [official(args.eden, png, level, cpu)]
   read = {kind: 0.0 for kind in timed}
@@ -177,7 +178,9 @@ def main():
 
   data = make_data(args.workdir, args.count, args.size)
   config = configlib.base_config()
-  results = {m: measure(data, config, args, m, cpu) for m in levels}
+  cached = data["ArrayRecord (prepared)"]
+  in_memory = [cached[i] for i in range(len(cached))]
+  results = {m: measure(data, in_memory, config, args, m, cpu) for m in levels}
   for m, (rows, ref) in results.items():
     print_table(f"Host path, one core (CPU {cpu}), {args.count} phantom radiographs {args.size}x"
                 f"{args.size}, stage {args.mode}, level {m}, canvas {config.data.canvas_size}; "
