@@ -19,7 +19,8 @@ Runs resume: a finished run is not trained again (delete OUT to start over). Com
 cached in OUT/jax_cache, so a rerun skips most compilation.
 
 Short-run recipe (overrides of the released one, which runs for hundreds of epochs), the demo's:
-a tiny model and views (configlib.smoke: 64/32 px views from 128 px canvases of 256 px phantoms),
+a tiny model and views (configlib.smoke: 64/32 px views from 128 px canvases of 256 px phantoms,
+the blur's sigma scaled with the views),
 4 local views, K = 256, the DINO head's hidden layers batch-standardised (model.head_bn), teacher
 temperature 0.02, lr 2e-3 per 256 anchors, one warm-up epoch, teacher momentum 0.99 (the teacher
 is what is analysed and must move within the run). Without these two, every short run we tried

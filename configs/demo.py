@@ -1,7 +1,8 @@
 """Demo: a small Adam-v2 model on the embedded chest-radiograph phantom, minutes on a laptop CPU.
 
 Both stages (L, then LCD) at two levels of the hierarchy, all three branches, through the same
-code as the full recipe; only sizes are small (64/32 px views, a tiny ResNet, K = 256), and two
+code as the full recipe; only sizes are small (64/32 px views, the blur's sigma scaled with them,
+a tiny ResNet, K = 256), and two
 settings keep a run this short and small from drifting to a uniform teacher output: the DINO head
 batch-standardises its hidden layers (model.head_bn, DINO's use_bn_in_head) and the teacher
 temperature is 0.02 (with the recipe's 0.04 the teacher's entropy climbs to ln K in minutes).
@@ -22,7 +23,7 @@ def get_config(arg=None):
   c.loss.teacher_temp = c.loss.warmup_teacher_temp = 0.02   # sharper teacher: no uniform drift
   c.data.source = "phantom"
   c.data.phantom_size, c.data.phantom_count, c.data.canvas_size = 256, 512, 128
-  c.views.global_size, c.views.local_size = 64, 32
+  configlib.resize_views(c, 64, 32)   # the blur's sigma scales with the views
   c.per_device_batch = 32
   c.optim.lr = 2e-3              # per 256 anchors; short runs want a higher rate than the recipe
   c.optim.warmup_epochs = 1
