@@ -55,7 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
       jitter=(0.4, 0.4, 0.2, 0.1),   # brightness, contrast, saturation, hue
       jitter_p=0.8,
       rotation_l=30.0, rotation_lcd=10.0,
-      blur_sigma=(0.1, 2.0),
+      blur_sigma=(0.1, 2.0),         # px of a 224 px view; scaled with global_size (sampling)
       mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
   ))
 
@@ -94,18 +94,6 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def resize_views(c: ml_collections.ConfigDict, global_size: int, local_size: int) -> None:
-  """Sets the view sizes in place and scales the blur's sigma with the global view.
-
-  Sigma is in pixels of the rendered view (SPEC 3's 0.1-2 are for 224 px views), so a smaller
-  view keeps the same share of its detail only if sigma shrinks with it (sigma 2 at 64 px is
-  sigma 7 at 224 px).
-  """
-  scale = global_size / c.views.global_size
-  c.views.global_size, c.views.local_size = global_size, local_size
-  c.views.blur_sigma = tuple(float(s) * scale for s in c.views.blur_sigma)
-
-
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks `c` in place to a smoke run: tiny model, small views, both stage kinds, 2 levels."""
   family = next((f for f in TINY_BACKBONE if c.model.backbone.startswith(f)), "resnet")
@@ -114,7 +102,7 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.model.out_dim = 256
   c.model.head_hidden_dim = 64
   c.model.head_bottleneck_dim = 32
-  resize_views(c, 64, 32)
+  c.views.global_size, c.views.local_size = 64, 32   # the blur's sigma follows (sampling.py)
   c.views.n_local = 2
   c.data.canvas_size = 128
   c.data.phantom_size = 256

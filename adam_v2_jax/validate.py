@@ -111,6 +111,10 @@ def check_values(config, device_count: int):
   for key in ("global_size", "local_size", "n_local"):
     if v[key] < 1:
       _fail(f"views.{key}", v[key], "must be >= 1")
+  sigma = tuple(v.blur_sigma)
+  if len(sigma) != 2 or not 0 <= sigma[0] <= sigma[1]:
+    _fail("views.blur_sigma", v.blur_sigma, "(low, high) with 0 <= low <= high, in pixels of a "
+          "224 px view (the released 0.1-2; smaller views scale it by global_size / 224)")
   if d.canvas_size < v.global_size // 2:
     _fail("data.canvas_size", d.canvas_size, f"must be >= views.global_size / 2 "
           f"({v.global_size // 2}); 2 x global_size keeps parts at full resolution")

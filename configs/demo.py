@@ -23,7 +23,7 @@ def get_config(arg=None):
   c.loss.teacher_temp = c.loss.warmup_teacher_temp = 0.02   # sharper teacher: no uniform drift
   c.data.source = "phantom"
   c.data.phantom_size, c.data.phantom_count, c.data.canvas_size = 256, 512, 128
-  configlib.resize_views(c, 64, 32)   # the blur's sigma scales with the views
+  c.views.global_size, c.views.local_size = 64, 32   # the blur's sigma scales with them
   c.per_device_batch = 32
   c.optim.lr = 2e-3              # per 256 anchors; short runs want a higher rate than the recipe
   c.optim.warmup_epochs = 1

@@ -28,6 +28,9 @@ LCD_LOCAL_ASPECTS = ((2.0 / 3.0, 1.0), (1.0, 1.5))
 # Blur probability of: global view 0, global view 1, local views, parts.
 BLUR_P = {"L": (1.0, 0.1, 0.5, None), "LCD": (0.1, 1.0, 0.5, 0.1)}
 TRIES = 10             # attempts of a random (resized or centred) crop before its fallback
+# views.blur_sigma is in pixels of a view this wide (SPEC 3's 224 px views); smaller views scale
+# the draw by global_size / BLUR_REFERENCE_SIZE so that they lose the same share of their detail.
+BLUR_REFERENCE_SIZE = 224
 
 # Stream tags: the first entropy word keeps the streams apart (numpy's SeedSequence ignores
 # trailing zeros, so [a, b] and [a, b, 0] would collide without a fixed length and a tag).
@@ -206,7 +209,8 @@ def photometric(rng, mode: str, views, num_views: int, n_local: int):
   """Jitter, its order, rotation and blur of each view (SPEC 3), as the layout.py arrays.
 
   Every draw is made for all views at once and whether or not jitter or blur apply, so the
-  amount of randomness is fixed and one view's outcome never shifts another's.
+  amount of randomness is fixed and one view's outcome never shifts another's. The returned
+  sigma is in pixels of the rendered view: views.blur_sigma scaled by global_size / 224.
   """
   b, c, s, h = views.jitter
   max_angle = views.rotation_l if mode == "L" else views.rotation_lcd
@@ -218,7 +222,9 @@ def photometric(rng, mode: str, views, num_views: int, n_local: int):
   factors = rng.uniform(lo, np.array([1 + b, 1 + c, 1 + s, h]), size=(num_views, 4))
   angle = rng.uniform(-max_angle, max_angle, size=num_views)
   blur = rng.random(num_views) < blur_p
-  sigma = rng.uniform(*views.blur_sigma, size=num_views)
+  # One factor for global and local views: the released recipe has one sigma range for both.
+  sigma = rng.uniform(*views.blur_sigma, size=num_views) * (views.global_size
+                                                            / BLUR_REFERENCE_SIZE)
   jitter = np.where(apply[:, None], factors, np.array([1.0, 1.0, 1.0, 0.0]))
   order = np.where(apply[:, None], perm, np.arange(4))
   return (jitter.astype(np.float32), order.astype(np.int32), angle.astype(np.float32),
