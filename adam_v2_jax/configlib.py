@@ -38,6 +38,9 @@ def base_config() -> ml_collections.ConfigDict:
       bit_depth=8,               # 8, or 16 to keep 16-bit radiographs (scaled to 8 on the canvas)
       max_side=0,                # > 0: downscale decoded images whose long side exceeds it
       dicom_normalize="voi",     # voi (VOI LUT / window when present) | minmax
+      lcd_border=50,             # px of the image as read that stage-LCD anchors at m >= 1 keep
+                                 # from its border (released: 50 on 1024 px images; scale it
+                                 # with data.max_side or pre-shrunk copies to keep the share)
       phantom_seed=0,
       channels=1,                # 1: grey radiographs (replicated to 3 on the device); 3: colour
       canvas_size=512,           # anchor canvas side: anchors up to it reach the step unresized

@@ -111,6 +111,9 @@ def check_values(config, device_count: int):
   for key in ("global_size", "local_size", "n_local"):
     if v[key] < 1:
       _fail(f"views.{key}", v[key], "must be >= 1")
+  if d.lcd_border < 0:
+    _fail("data.lcd_border", d.lcd_border, "must be >= 0 (px kept from the image border by "
+          "stage-LCD anchors at levels >= 1)")
   sigma = tuple(v.blur_sigma)
   if len(sigma) != 2 or not 0 <= sigma[0] <= sigma[1]:
     _fail("views.blur_sigma", v.blur_sigma, "(low, high) with 0 <= low <= high, in pixels of a "

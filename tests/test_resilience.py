@@ -104,6 +104,7 @@ def _cfg(**changes):
     ({"data.phantom_size": 48}, ["level 1", "raise data.phantom_size"]),
     ({"views.n_parts": 3}, ["views.n_parts", "3", "square"]),
     ({"views.blur_sigma": (2.0, 0.1)}, ["views.blur_sigma", "low <= high", "224 px"]),
+    ({"data.lcd_border": -1}, ["data.lcd_border", "-1", ">= 0"]),
 ])
 def test_value_errors_name_key_value_and_allowed(changes, words):
   with pytest.raises(validate.ConfigError) as e:

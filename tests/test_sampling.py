@@ -59,6 +59,22 @@ def test_stage_lcd_anchor_whole_image_then_bordered_crops():
   assert (b[:, 2] == 80).all() and b[:, 0].min() == 0 and b[:, 0].max() == 80
 
 
+def test_lcd_border_is_a_config_key():
+  cfg = _config(canvas=128)    # a level-1 anchor of a 256 px image fits unresized
+  ramp = {"image": np.tile(np.arange(256, dtype=np.uint8), (256, 1))[..., None], "id": "ramp"}
+
+  def lefts(border):           # the canvas' first pixel is the anchor's left column
+    cfg.data.lcd_border = border
+    return np.array([sampling.sample_anchor(ramp, cfg, stage_index=1, mode="LCD", level=1,
+                                            epoch=0, index=i)["canvas"][0, 0, 0]
+                     for i in range(150)])
+  released = lefts(50)
+  assert released.min() >= 50 and released.max() <= 256 - 128 - 50
+  near = lefts(12)
+  assert near.min() >= 12 and near.max() <= 256 - 128 - 12
+  assert near.min() < 30 and near.max() > 100   # the wider range is used
+
+
 def test_too_small_for_the_level_is_a_bad_record():
   with pytest.raises(records.BadRecord, match="too small"):
     sampling.anchor_box(np.random.default_rng(0), 100, 120, "L", 2)     # 25 px anchor

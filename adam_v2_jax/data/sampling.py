@@ -20,7 +20,7 @@ from adam_v2_jax import layout as layout_lib
 from adam_v2_jax.data import records
 
 MIN_ANCHOR = 32        # px: an anchor with a shorter side makes the record bad at that level
-LCD_BORDER = 50        # px kept from the image border by stage-LCD anchors at m >= 1
+LCD_BORDER = 50        # px kept from the image border by stage-LCD anchors at m >= 1 (released)
 ASPECT = (3.0 / 4.0, 4.0 / 3.0)
 # Stage LCD local crops x2..x9 (SPEC 3): area bins in order, aspect ranges alternating.
 LCD_LOCAL_BINS = ((0.05, 0.1),) + tuple((k / 10, (k + 1) / 10) for k in range(1, 10))
@@ -63,11 +63,11 @@ def check_image(record) -> np.ndarray:
 
 
 def anchor_box(rng: np.random.Generator, height: int, width: int, mode: str, level: int,
-               rid: str = "?") -> tuple[int, int, int, int]:
+               rid: str = "?", border: int = LCD_BORDER) -> tuple[int, int, int, int]:
   """The anchor w (SPEC 2) as (top, left, height, width) pixels of an image [height, width].
 
   Stage L: a square of side min(H, W) // 2^m anywhere. Stage LCD: the whole image at m = 0,
-  else an (H // 2^m) x (W // 2^m) box whose corner keeps LCD_BORDER px from the image border
+  else an (H // 2^m) x (W // 2^m) box whose corner keeps `border` px from the image border
   where the image leaves room for it (anywhere otherwise). Raises BadRecord when the anchor would
   be shorter than MIN_ANCHOR.
   """
@@ -85,8 +85,8 @@ def anchor_box(rng: np.random.Generator, height: int, width: int, mode: str, lev
         f"at least {MIN_ANCHOR} px needed)")
 
   def corner(size, anchor):
-    if mode == "LCD" and level > 0 and size - anchor - 2 * LCD_BORDER >= 0:
-      return int(rng.integers(LCD_BORDER, size - anchor - LCD_BORDER + 1))
+    if mode == "LCD" and level > 0 and size - anchor - 2 * border >= 0:
+      return int(rng.integers(border, size - anchor - border + 1))
     if mode == "LCD" and level == 0:
       return 0
     return int(rng.integers(0, size - anchor + 1))
@@ -251,7 +251,7 @@ def sample_anchor(record, config, *, stage_index: int, mode: str, level: int, ep
   image = check_image(record)
   words = (config.seed, stage_index, level, epoch, index, draw)
   box = anchor_box(rng_for(_ANCHOR, *words), image.shape[0], image.shape[1], mode, level,
-                   record.get("id", "?"))
+                   record.get("id", "?"), config.data.lcd_border)
   canvas, extent = make_canvas(image, box, config.data.canvas_size, config.data.channels)
   views = config.views
   num_views = layout_lib.layout_from_config(config, mode).num_views
