@@ -103,13 +103,27 @@ class Checkpointer:
     self._mngr.close()
 
 
+def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Writes WORKDIR/config.json whole (via a temporary file): every key, stages included."""
+  path = os.path.join(workdir, "config.json")
+  # to_json_best_effort also serialises the ConfigDicts inside lists (stages, mixture), which
+  # to_dict() leaves as ConfigDicts.
+  with open(path + ".tmp", "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  os.replace(path + ".tmp", path)
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run saved in WORKDIR/config.json."""
+  """The config a run saved in WORKDIR/config.json (stages as ConfigDicts, as in config files)."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} does not exist: is {workdir} a training workdir?")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(json.load(f))
+  if "stages" in config:
+    config.stages = [ml_collections.ConfigDict(s) if isinstance(s, dict) else s
+                     for s in config.stages]
+  return config
 
 
 def load_weights(workdir: str, step: int | None = None, model: str = "teacher"):

@@ -5,7 +5,6 @@ step; a checkpoint records it with the stage, level and the steps done in the le
 with the same command continues where the last good checkpoint left off, data iterator included.
 """
 import dataclasses
-import json
 import os
 import time
 
@@ -78,8 +77,7 @@ def _run(config, workdir: str) -> dict:
   nets = model_lib.build_networks(config)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(config.to_dict(), f, indent=2, default=list)
+    checkpoint_lib.save_config(workdir, config)
 
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
   resume = ckpt.latest_good_position()

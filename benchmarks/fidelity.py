@@ -77,6 +77,11 @@ def make_config(weights, coarse_to_fine: bool, *, backbone: str, steps: int, bat
   c.optim.momentum_teacher = 0.99
   c.log_every = 1  # every step's loss in metrics.jsonl
   c.checkpoint_every = 10 ** 6  # the loop saves at the end of each level anyway
+  return apply_overrides(c, overrides)
+
+
+def apply_overrides(c, overrides):
+  """Sets each (dotted key, value) of `overrides` in config `c`; ValueError for a missing key."""
   for key, value in overrides:
     *path, leaf = key.split(".")
     node = c

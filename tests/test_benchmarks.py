@@ -8,6 +8,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -15,6 +16,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import fidelity  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import memory  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import step as step_bench  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import view_identity  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 from adam_v2_jax.models import registry  # noqa: E402  pylint: disable=g-import-not-at-top
 
@@ -157,6 +159,28 @@ def test_fidelity_variant_selection():
   assert fidelity.select_variants("LCD, L") == ["L", "LCD"]  # VARIANTS order
   with pytest.raises(ValueError, match="LCDX"):
     fidelity.select_variants("LCD,LCDX")
+
+
+def test_view_identity_top1():
+  rng = np.random.default_rng(0)
+  a = rng.normal(size=(8, 5))
+  assert view_identity.top1(a, a + 0.01 * rng.normal(size=a.shape)) == 1.0
+  assert view_identity.top1(a, a[::-1]) == 0.0   # every row finds another anchor
+
+
+def test_view_identity_without_augmentation_x1_is_x0():
+  """With jitter, rotation and blur off and x1 the whole anchor, x1 renders x0 exactly, so every
+  anchor is found; the recipe's augmentations lose some of them."""
+  plain = fidelity.make_config((1.0, 1.0, 1.0), True, backbone="tiny_resnet", steps=48, batch=16,
+                               overrides=[("views.jitter_p", 0.0), ("views.rotation_lcd", 0.0),
+                                          ("views.blur_sigma", (0.0, 0.0)),
+                                          ("views.lcd_global_scale", (1.0, 1.0))])
+  x0, x1 = view_identity.x0_x1(plain, level=1, batch=16)
+  assert x0.shape == (16, 64, 64, 3)
+  np.testing.assert_allclose(x1, x0, atol=1e-5)
+  assert view_identity.top1(x0, x1) == 1.0
+  recipe = fidelity.make_config((1.0, 1.0, 1.0), True, backbone="tiny_resnet", steps=48, batch=16)
+  assert view_identity.top1(*view_identity.x0_x1(recipe, level=1, batch=16)) < 1.0
 
 
 def test_fidelity_table_marks_wins_over_every_baseline():

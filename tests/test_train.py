@@ -29,6 +29,9 @@ def test_run_writes_config_metrics_and_checkpoints(reference):
   files = set(os.listdir(reference))
   assert {"config.json", "metrics.jsonl", "checkpoints", "tensorboard"} <= files
   assert json.load(open(os.path.join(reference, "config.json")))["model"]["backbone"] == "tiny_resnet"
+  saved = checkpoint.load_config(reference)   # every key back, the stages' too
+  assert [(s.mode, tuple(s.epochs)) for s in saved.stages] == [("L", (1, 1)), ("LCD", (1, 1))]
+  assert tuple(saved.views.blur_sigma) == (0.1, 2.0) and saved.data.lcd_border == 50
   rows = [json.loads(l) for l in open(os.path.join(reference, "metrics.jsonl"))]
   assert [r["step"] for r in rows] == list(range(1, 9))  # 2 stages x 2 levels x 2 steps
   for key in ("step", "stage", "level", "loss", "loss_localizability", "loss_composability",
