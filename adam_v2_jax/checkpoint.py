@@ -120,9 +120,12 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise FileNotFoundError(f"{path} does not exist: is {workdir} a training workdir?")
   with open(path) as f:
     config = ml_collections.ConfigDict(json.load(f))
-  if "stages" in config:
-    config.stages = [ml_collections.ConfigDict(s) if isinstance(s, dict) else s
-                     for s in config.stages]
+  stages = config.get("stages", [])
+  if all(isinstance(s, dict) for s in stages):
+    config.stages = [ml_collections.ConfigDict(s) for s in stages]
+  else:  # written before session 8's fix: key names only, the stages are lost
+    logging.warning("%s: the stages were not saved (an older version); stages left empty", path)
+    config.stages = []
   return config
 
 

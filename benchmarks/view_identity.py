@@ -35,7 +35,7 @@ def x0_x1(config, level: int, batch: int):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from adam_v2_jax import layout as layout_lib, render  # pylint: disable=g-import-not-at-top
   from adam_v2_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  stage = next(i for i, s in enumerate(config.stages) if s.mode == "LCD")
+  stage = next((i for i, s in enumerate(config.stages) if s.mode == "LCD"), 0)  # seeds only
   it = pipeline.make_iterator(config, stage_index=stage, mode="LCD", level=level, epochs=1,
                               process_index=0, process_count=1, global_batch=batch,
                               steps_per_epoch=1)

@@ -98,8 +98,7 @@ def test_errors_name_the_problem(run_dir, tmp_path):
     evaluate.load_models([run_dir], ["a", "b"])
   empty = tmp_path / "empty"
   os.makedirs(empty)
-  with open(empty / "config.json", "w") as f:
-    json.dump(helpers.tiny_config().to_dict(), f, default=list)
+  checkpoint.save_config(str(empty), helpers.tiny_config())
   with pytest.raises(ValueError, match=f"{empty}: cannot load a checkpoint"):
     evaluate.load_models([str(empty)])
   with pytest.raises(FileNotFoundError, match="config.json"):

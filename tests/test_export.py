@@ -52,8 +52,7 @@ def smoke_workdir(tmp_path_factory, backbone="tiny_resnet"):
     return (0.1 * rng.normal(size=s.shape)).astype(np.float32)
   st = jax.tree_util.tree_map_with_path(fill, shapes)
   os.makedirs(workdir, exist_ok=True)
-  with open(workdir / "config.json", "w") as f:
-    json.dump(c.to_dict(), f, default=list)
+  checkpoint.save_config(str(workdir), c)
   ckpt = checkpoint.Checkpointer(str(workdir), async_save=False)
   ckpt.save(3, st, {"global_step": 3})
   ckpt.wait()

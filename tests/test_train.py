@@ -25,6 +25,13 @@ def test_plan_lists_stages_and_levels():
   assert segs[3].stage_start == 15
 
 
+def test_load_config_of_an_older_run_that_lost_its_stages(tmp_path):
+  with open(tmp_path / "config.json", "w") as f:   # as runs before session 8 wrote it
+    json.dump({"model": {"backbone": "tiny_resnet"}, "stages": [["epochs", "mode"]]}, f)
+  c = checkpoint.load_config(str(tmp_path))
+  assert c.stages == [] and c.model.backbone == "tiny_resnet"
+
+
 def test_run_writes_config_metrics_and_checkpoints(reference):
   files = set(os.listdir(reference))
   assert {"config.json", "metrics.jsonl", "checkpoints", "tensorboard"} <= files
