@@ -30,6 +30,9 @@ class Networks:
   head_d: nn.Module
   dim: int
   n_parts: int
+  # The same backbone without stochastic depth, for the teacher (DINO's teacher has none); drop
+  # path has no parameters, so the student's parameter tree fits it.
+  teacher_backbone: nn.Module | None = None
 
   def init_params(self, rng, mode: str, image_size: int):
     """Fresh parameters of the student for `mode` and the backbone's batch_stats.
@@ -52,17 +55,18 @@ class Networks:
     return {"head_c": self.head_c.init(k_c, jnp.zeros((1, self.n_parts * self.dim)))["params"],
             "head_d": self.head_d.init(k_d, feat)["params"]}
 
-  def features(self, params, batch_stats, x, *, train=True, rng=None):
+  def features(self, params, batch_stats, x, *, train=True, rng=None, teacher=False):
     """g(x): [N,H,W,3] -> (float32[N,D], new batch_stats). BatchNorm uses batch statistics when
-    training (the teacher too, as in the released code) and updates the running ones."""
+    training (the teacher too, as in the released code) and updates the running ones.
+    teacher=True runs the backbone without stochastic depth (no rng needed)."""
+    net = self.teacher_backbone if teacher and self.teacher_backbone is not None else self.backbone
     variables = {"params": params["backbone"], **({"batch_stats": batch_stats["backbone"]}
                                                    if batch_stats else {})}
     rngs = {"dropout": rng} if rng is not None else None
     if batch_stats and train:
-      feat, updates = self.backbone.apply(variables, x, train=True, mutable=["batch_stats"],
-                                          rngs=rngs)
+      feat, updates = net.apply(variables, x, train=True, mutable=["batch_stats"], rngs=rngs)
       return feat, {"backbone": updates["batch_stats"]}
-    return self.backbone.apply(variables, x, train=train, rngs=rngs), batch_stats
+    return net.apply(variables, x, train=train, rngs=rngs), batch_stats
 
   def localizability(self, params, feat):
     """h_L: float32[N, D] -> float32[N, K] logits."""
@@ -90,7 +94,8 @@ def build_networks(config) -> Networks:
                             dtype=dtype),
       head_c=heads.ComposeHead(dim, dtype=dtype),
       head_d=heads.DecomposeHead(dim, n, dtype=dtype),
-      dim=dim, n_parts=n)
+      dim=dim, n_parts=n,
+      teacher_backbone=registry.create_backbone(m.backbone, dtype=dtype, drop_path=0.0))
 
 
 def teacher_of(params):

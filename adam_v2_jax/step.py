@@ -67,7 +67,7 @@ def make_train_step(config, nets: model_lib.Networks, layout: layout_lib.ViewLay
 
     # Teacher: one backbone call for all its views; x0's features serve h_L and composability.
     t_feat, t_stats = nets.features(state.teacher, state.teacher_batch_stats,
-                                    _flat(views[0][:, t_pos]), train=True)
+                                    _flat(views[0][:, t_pos]), train=True, teacher=True)
     t_feat = jax.lax.stop_gradient(_per_view(t_feat, len(t_pos)))  # [Vt (+ n), B, D]
     n_t = len(layout.teacher)
     t_logits = jax.lax.stop_gradient(nets.localizability(state.teacher, t_feat[:n_t]))

@@ -144,3 +144,22 @@ out = {{f"{{k}}_{{i}}": m[k] for i, m in enumerate(ms) for k in m}}
 out.update({{f"leaf_{{i}}": x for i, x in enumerate(jax.tree.leaves(jax.device_get(state)))}})
 np.savez({out!r}, **out)
 """
+
+
+def test_stochastic_depth_in_the_student_only():
+  """drop_path > 0: the student draws its drops from the step's key, the teacher has none."""
+  c = helpers.tiny_config("tiny_vit")
+  c.model.drop_path, c.per_device_batch = 0.5, 2
+  fn, state, mesh = make(c, "L")
+  _, [m] = run_steps(fn, state, mesh, c, "L", 1, 2)
+  assert np.isfinite(m["loss"]) and m["finite"] == 1.0
+  nets = model_lib.build_networks(c)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
+  params = jax.device_get(state.teacher)
+  t1, _ = nets.features(params, {}, x, train=True, teacher=True)
+  plain = model_lib.build_networks(ml_collections.ConfigDict(
+      {**c.to_dict(), "model": {**c.model.to_dict(), "drop_path": 0.0}}))
+  want, _ = plain.features(params, {}, x, train=True)
+  np.testing.assert_allclose(t1, want, rtol=1e-6)
+  s1, _ = nets.features(params, {}, x, train=True, rng=jax.random.key(1))
+  assert not np.allclose(s1, want, atol=1e-4)   # the student's path does drop
