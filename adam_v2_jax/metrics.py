@@ -14,10 +14,13 @@ CONSOLE_KEYS = ("loss", "loss_localizability", "loss_composability", "loss_decom
 class MetricWriter:
   """Writes one JSON object per logged step to DIR/metrics.jsonl and the scalars to TensorBoard.
 
-  Only process 0 writes; the others are no-ops, so callers need not check.
+  Only process 0 writes; the others are no-ops, so callers need not check. A run that resumes
+  from step S passes resume_step=S: the records of later steps, written before the run stopped
+  and about to be written again, are dropped first, so the file has each step once.
   """
 
-  def __init__(self, workdir: str, total_steps: int, tensorboard: bool = True):
+  def __init__(self, workdir: str, total_steps: int, tensorboard: bool = True,
+               resume_step: int = 0):
     self.active = jax.process_index() == 0
     self.total_steps = total_steps
     self._jsonl = self._tb = None
@@ -25,10 +28,13 @@ class MetricWriter:
     if not self.active:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+    path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(path):
+      _keep_until(path, resume_step)
+    self._jsonl = open(path, "a", buffering=1)
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1)
 
   def start_clock(self, step: int):
     """Marks where throughput and ETA are counted from (after compilation)."""
@@ -65,6 +71,22 @@ class MetricWriter:
       self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
+
+
+def _keep_until(path: str, step: int):
+  """Rewrites a JSONL file (via a temporary file) with the records of steps <= step only; a line
+  torn by a kill is dropped too."""
+  kept = []
+  with open(path) as f:
+    for line in f:
+      try:
+        if json.loads(line)["step"] <= step:
+          kept.append(line if line.endswith("\n") else line + "\n")
+      except (ValueError, KeyError, TypeError):
+        continue
+  with open(path + ".tmp", "w") as f:
+    f.writelines(kept)
+  os.replace(path + ".tmp", path)
 
 
 def format_seconds(s: float) -> str:

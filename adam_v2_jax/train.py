@@ -81,7 +81,7 @@ def _run(config, workdir: str) -> dict:
 
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
   resume = ckpt.latest_good_position()
-  writer = metrics_lib.MetricWriter(workdir, total)
+  writer = metrics_lib.MetricWriter(workdir, total, resume_step=resume[0] if resume else 0)
   watch = health.Watch(config.max_bad_steps, config.model.out_dim)
   stop = preemption.Preemption()
   root_key = jax.random.key(config.seed)

@@ -1,17 +1,22 @@
 """Checks a config before anything is compiled or read: unknown keys, wrong types, values out of
 range. Every error names the key, the bad value and what is allowed."""
+import json
 import math
 import os
 import tempfile
 
 from adam_v2_jax import configlib
 from adam_v2_jax import layout as layout_lib
+from adam_v2_jax.data import sampling
 
 DTYPES = ("auto", "float32", "bfloat16")
 SOURCES = ("phantom", "folder", "dicom", "tfds", "mixture")
 NORMALIZE = ("per_part", "joint")
 MIN_OUT_DIM = 64
 STAGE_KEYS = {"mode": str, "epochs": tuple}
+# Keys a resumed run may change: logging, checkpoint cadence, where the data lives, test hooks.
+RESUME_FREE = ("log_every", "checkpoint_every", "keep_checkpoints", "max_bad_steps",
+               "data.path", "data.prefetch", "model.init_from", "debug.")
 
 
 class ConfigError(ValueError):
@@ -93,6 +98,15 @@ def check_values(config, device_count: int):
           "python -m adam_v2_jax.prepare")
   if d.source == "mixture" and not d.mixture:
     _fail("data.mixture", d.mixture, "data.source='mixture' needs a list of sources")
+  if d.source == "mixture":
+    check_mixture(d.mixture)
+  if d.bit_depth not in (8, 16):
+    _fail("data.bit_depth", d.bit_depth, "8 or 16")
+  for key in ("max_side", "mixture_size", "workers", "prefetch"):
+    if d[key] < 0:
+      _fail(f"data.{key}", d[key], "must be >= 0")
+  if config.steps_per_epoch < 0:
+    _fail("steps_per_epoch", config.steps_per_epoch, "must be >= 0 (0: records // batch)")
   if d.channels not in (1, 3):
     _fail("data.channels", d.channels, "1 (grey) or 3 (colour)")
   if config.per_device_batch < 1:
@@ -111,6 +125,7 @@ def check_values(config, device_count: int):
   for key in ("global_size", "local_size", "n_local"):
     if v[key] < 1:
       _fail(f"views.{key}", v[key], "must be >= 1")
+  check_view_ranges(config)
   if d.lcd_border < 0:
     _fail("data.lcd_border", d.lcd_border, "must be >= 0 (px kept from the image border by "
           "stage-LCD anchors at levels >= 1)")
@@ -137,6 +152,43 @@ def check_values(config, device_count: int):
       _fail(key, config[key], "must be >= 1")
 
 
+def check_view_ranges(config):
+  """The augmentation ranges of SPEC 3 (config.views)."""
+  v = config.views
+  for key in ("lcd_global_scale", "l_global_scale", "l_local_scale"):
+    pair = tuple(v[key])
+    if len(pair) != 2 or not 0 < pair[0] <= pair[1] <= 1:
+      _fail(f"views.{key}", v[key], "(low, high) area fractions with 0 < low <= high <= 1")
+  jitter = tuple(v.jitter)
+  if len(jitter) != 4 or min(jitter) < 0 or jitter[3] > 0.5:
+    _fail("views.jitter", v.jitter, "(brightness, contrast, saturation, hue), all >= 0, hue "
+          "<= 0.5 (the released 0.4, 0.4, 0.2, 0.1)")
+  if not 0 <= v.jitter_p <= 1:
+    _fail("views.jitter_p", v.jitter_p, "a probability in [0, 1]")
+  for key in ("rotation_l", "rotation_lcd"):
+    if v[key] < 0:
+      _fail(f"views.{key}", v[key], "degrees >= 0 (views rotate by U(-r, r))")
+  bins = len(sampling.LCD_LOCAL_BINS)
+  if any(s.mode == "LCD" for s in config.stages) and v.n_local > bins:
+    _fail("views.n_local", v.n_local, f"stage LCD has area bins for at most {bins} local crops")
+
+
+def check_mixture(entries):
+  """Each data.mixture entry: known data keys (plus weight and name), no nested mixture."""
+  known = set(configlib.base_config().data.keys()) | {"weight", "name"}
+  for k, entry in enumerate(entries):
+    if not hasattr(entry, "keys"):
+      _fail(f"data.mixture[{k}]", entry, "a dict of data keys (source, path, ...) per source")
+    for key in entry.keys():
+      if key not in known:
+        _fail(f"data.mixture[{k}].{key}", entry[key], f"unknown key; known: {sorted(known)}")
+    if entry.get("source") not in SOURCES or entry.get("source") == "mixture":
+      _fail(f"data.mixture[{k}].source", entry.get("source"),
+            f"allowed: {[s for s in SOURCES if s != 'mixture']}")
+    if entry.get("weight") is not None and not entry["weight"] > 0:
+      _fail(f"data.mixture[{k}].weight", entry["weight"], "must be > 0")
+
+
 def check_workdir(workdir: str):
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -144,6 +196,42 @@ def check_workdir(workdir: str):
       pass
   except OSError as e:
     raise ConfigError(f"--workdir {workdir!r} is not writable: {e}") from e
+
+
+def _flat(tree, prefix=""):
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def check_resume(config, workdir: str):
+  """A workdir holding checkpoints resumes only under the config that wrote them.
+
+  Any other change (shapes, schedules, data order, `data.workers`: the saved data-iterator state
+  depends on it) would make the checkpoint fail to restore or the run differ from an unbroken
+  one; RESUME_FREE keys may change. Keys the saved config lacks (an older version) are skipped.
+  """
+  saved_path = os.path.join(workdir, "config.json")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if not os.path.exists(saved_path) or not os.path.isdir(ckpt_dir) or not any(
+      name.isdigit() for name in os.listdir(ckpt_dir)):
+    return
+  with open(saved_path) as f:
+    saved = _flat(json.load(f))
+  now = _flat(json.loads(config.to_json_best_effort()))
+  if saved.get("stages") and not all(isinstance(s, dict) for s in saved["stages"]):
+    saved.pop("stages")  # written before session 8: stage names only
+  changed = [k for k in now if k in saved and now[k] != saved[k]
+             and not any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUME_FREE)]
+  if changed:
+    diffs = "; ".join(f"'{k}': saved {saved[k]!r}, now {now[k]!r}" for k in changed)
+    raise ConfigError(f"--workdir {workdir!r} holds checkpoints of a run with another config "
+                      f"({diffs}). Resume with the saved values or use a new --workdir; only "
+                      f"{', '.join(RESUME_FREE)}* may change on resume.")
 
 
 def _process_count() -> int:
@@ -158,3 +246,4 @@ def check(config, device_count: int, workdir: str | None = None):
   check_values(config, device_count)
   if workdir is not None:
     check_workdir(workdir)
+    check_resume(config, workdir)

@@ -105,6 +105,22 @@ def _cfg(**changes):
     ({"views.n_parts": 3}, ["views.n_parts", "3", "square"]),
     ({"views.blur_sigma": (2.0, 0.1)}, ["views.blur_sigma", "low <= high", "224 px"]),
     ({"data.lcd_border": -1}, ["data.lcd_border", "-1", ">= 0"]),
+    ({"views.n_local": 11}, ["views.n_local", "11", "at most 10"]),
+    ({"views.jitter": (0.4, 0.4, 0.2)}, ["views.jitter", "hue"]),
+    ({"views.lcd_global_scale": (0.8,)}, ["views.lcd_global_scale", "low <= high"]),
+    ({"views.l_local_scale": (0.4, 0.05)}, ["views.l_local_scale", "low <= high"]),
+    ({"views.jitter_p": 1.5}, ["views.jitter_p", "[0, 1]"]),
+    ({"views.rotation_lcd": -10.0}, ["views.rotation_lcd", ">= 0"]),
+    ({"data.bit_depth": 12}, ["data.bit_depth", "8 or 16"]),
+    ({"data.workers": -1}, ["data.workers", ">= 0"]),
+    ({"steps_per_epoch": -2}, ["steps_per_epoch", ">= 0"]),
+    ({"data.source": "mixture", "data.mixture": [{"source": "folder", "path": "/x",
+                                                  "wieght": 5.0}]},
+     ["data.mixture[0].wieght", "unknown key"]),
+    ({"data.source": "mixture", "data.mixture": [{"source": "mixture"}]},
+     ["data.mixture[0].source", "'mixture'"]),
+    ({"data.source": "mixture", "data.mixture": [{"source": "phantom", "weight": 0.0}]},
+     ["data.mixture[0].weight", "> 0"]),
 ])
 def test_value_errors_name_key_value_and_allowed(changes, words):
   with pytest.raises(validate.ConfigError) as e:
@@ -165,3 +181,23 @@ def test_cli_config_errors_fail_before_any_compute(tmp_path):
       assert w in out.stderr
   assert not os.path.exists(tmp_path / "w" / "checkpoints")
   assert time.time() - t0 < 120
+
+
+def test_resume_refuses_another_config(tmp_path):
+  c = _cfg()
+  validate.check_resume(c, str(tmp_path))          # nothing saved: nothing to compare
+  checkpoint.save_config(str(tmp_path), c)
+  os.makedirs(tmp_path / "checkpoints" / "3")
+  validate.check_resume(c, str(tmp_path))          # the same config resumes
+  ok = _cfg(log_every=5, checkpoint_every=7, **{"debug.nan_at_step": 2, "data.prefetch": 4})
+  validate.check_resume(ok, str(tmp_path))         # operational keys may change
+  bad = _cfg(**{"optim.lr": 1e-3, "data.workers": 2})
+  with pytest.raises(validate.ConfigError) as e:
+    validate.check(bad, 1, workdir=str(tmp_path))
+  for w in ("'optim.lr': saved 0.0005, now 0.001", "'data.workers': saved 0, now 2",
+            "new --workdir"):
+    assert w in str(e.value), str(e.value)
+  stages = _cfg()
+  stages.stages[1].epochs = (2, 1)
+  with pytest.raises(validate.ConfigError, match="'stages'"):
+    validate.check_resume(stages, str(tmp_path))

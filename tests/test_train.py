@@ -72,3 +72,6 @@ def test_kill_and_restart_resumes_bit_for_bit(reference, tmp_path, kill_after):
   assert "resuming from checkpoint" in out.stderr
   for a, b in zip(final_teacher(workdir), final_teacher(reference)):
     np.testing.assert_array_equal(a, b)
+  # Each step logged once, as in the unbroken run (the steps after the checkpoint were redone).
+  steps = [json.loads(l)["step"] for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert steps == [json.loads(l)["step"] for l in open(os.path.join(reference, "metrics.jsonl"))]
