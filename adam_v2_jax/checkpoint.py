@@ -69,6 +69,7 @@ class Checkpointer:
     items = {"state": ocp.args.StandardRestore(abstract_state),
              "position": ocp.args.JsonRestore()}
     if data_iter is not None:
+      self._check_process_count(step)
       items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
     try:
       out = self._mngr.restore(step, args=ocp.args.Composite(**items))
@@ -76,6 +77,21 @@ class Checkpointer:
       self.set_aside(step, e)
       raise Unreadable(f"checkpoint {step} is unreadable and was moved aside") from e
     return out["state"], out["position"]
+
+  def _check_process_count(self, step: int):
+    """The data iterator's position is saved per process (grain): a checkpoint written by
+    another number of processes is intact but cannot resume here mid-level. Not corruption, so
+    it is not moved aside."""
+    data = os.path.join(self.directory, str(step), "data")
+    mine = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    if not os.path.isdir(data) or os.path.exists(os.path.join(data, mine)):
+      return
+    theirs = sorted(n for n in os.listdir(data) if n.startswith("process_"))
+    raise RuntimeError(
+        f"checkpoint {step} in {self.directory} was written by another number of processes "
+        f"({', '.join(theirs)}; this run has {jax.process_count()}): resume it with the same "
+        f"number of processes (the data position is saved per process; checkpoints at a "
+        f"level's end need none and resume with any count)")
 
   def latest_good_position(self):
     """(step, position) of the newest readable checkpoint, or None. Unreadable ones are moved

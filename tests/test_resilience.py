@@ -201,3 +201,19 @@ def test_resume_refuses_another_config(tmp_path):
   stages.stages[1].epochs = (2, 1)
   with pytest.raises(validate.ConfigError, match="'stages'"):
     validate.check_resume(stages, str(tmp_path))
+
+
+def test_checkpoint_of_another_process_count_is_refused_not_moved_aside(tmp_path):
+  ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
+  data = tmp_path / "checkpoints" / "5" / "data"
+  os.makedirs(data)
+  (data / "process_0-of-1.json").write_text("{}")
+  ckpt._check_process_count(5)                     # this process count: fine
+  os.remove(data / "process_0-of-1.json")
+  (data / "process_0-of-2.json").write_text("{}")
+  (data / "process_1-of-2.json").write_text("{}")
+  with pytest.raises(RuntimeError, match=r"process_0-of-2.json, process_1-of-2.json; this run "
+                                         r"has 1\): resume it with the same number"):
+    ckpt._check_process_count(5)
+  assert data.is_dir() and not (tmp_path / "corrupt_checkpoints").exists()
+  ckpt.close()
