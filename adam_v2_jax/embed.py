@@ -59,13 +59,14 @@ def preprocess(image: np.ndarray, size: Optional[int], mean=IMAGENET_MEAN, std=I
   return (a - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
-def read_image(path: str) -> np.ndarray:
-  """A PNG/JPEG/DICOM file -> uint8 [H,W,C]; ValueError naming the file when unreadable."""
+def read_image(path: str, dicom_normalize: str = "voi") -> np.ndarray:
+  """A PNG/JPEG/DICOM file -> uint8 [H,W,C]; ValueError naming the file when unreadable.
+  dicom_normalize: as the run's data.dicom_normalize ('voi' | 'minmax')."""
   from adam_v2_jax.data import decode, dicom   # pylint: disable=g-import-not-at-top
   from adam_v2_jax.data.records import BadRecord   # pylint: disable=g-import-not-at-top
   try:
     if path.lower().endswith(dicom.DICOM_EXTENSIONS) or dicom.is_dicom_file(path):
-      img = dicom.read_dicom(path, bit_depth=8)
+      img = dicom.read_dicom(path, bit_depth=8, normalize=dicom_normalize)
     else:
       img = decode.decode_image(decode.read_bytes(path), path)
   except BadRecord as e:
@@ -74,15 +75,13 @@ def read_image(path: str) -> np.ndarray:
 
 
 def list_images(path: str) -> list:
-  """Image files named by PATH: a folder (recursive, sorted) or a text list of paths."""
-  from adam_v2_jax.data import decode, dicom   # pylint: disable=g-import-not-at-top
+  """Image files named by PATH: a folder (recursive, sorted, found as training's folder and DICOM
+  sources find them: hidden files skipped, extensionless DICOM included) or a text list."""
+  from adam_v2_jax.data import decode, sources   # pylint: disable=g-import-not-at-top
   if os.path.isdir(path):
-    exts = decode.IMAGE_EXTENSIONS + dicom.DICOM_EXTENSIONS
-    found = sorted(os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs
-                   if f.lower().endswith(exts))
-    if not found:
-      raise ValueError(f"{path}: folder holds no PNG, JPEG or DICOM files")
-    return found
+    keep = lambda p: p.lower().endswith(decode.IMAGE_EXTENSIONS) or sources.looks_dicom(p)
+    return [os.path.join(path, r) for r in
+            sources.scan_files(path, keep, "PNG, JPEG or DICOM files")]
   if not os.path.isfile(path):
     raise ValueError(f"{path}: no such folder or file")
   base = os.path.dirname(os.path.abspath(path))
@@ -201,7 +200,7 @@ def make_embed_fn(config, variables, *, batch_size: int = 64, size: Optional[int
 
 def embed_path(apply_fn: Callable, variables, path: str, *, size: int = 224,
                batch_size: int = 64, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-               progress: bool = True):
+               progress: bool = True, dicom_normalize: str = "voi"):
   """Embeds a folder, an image list or an .npy stack. Returns (float32 [N,D], paths or None)."""
   if path.endswith(".npy") and os.path.isfile(path):
     stack = np.load(path, mmap_mode="r")
@@ -211,7 +210,7 @@ def embed_path(apply_fn: Callable, variables, path: str, *, size: int = 224,
                         std=std, progress=progress), None
   files = list_images(path)
   fn, batch = make_feature_fn(apply_fn, variables, batch_size)
-  gen = (preprocess(read_image(f), size, mean, std, name=f) for f in files)
+  gen = (preprocess(read_image(f, dicom_normalize), size, mean, std, name=f) for f in files)
   return embed_batches(fn, batch, gen, len(files), progress), files
 
 
@@ -227,7 +226,8 @@ def _define_flags():
   flags.DEFINE_enum("model", "teacher", ["teacher", "student"], "Which backbone.")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   flags.DEFINE_integer("batch_size", 64, "Images per forward pass (all local devices).")
-  flags.DEFINE_integer("size", 224, "Side every image is resized to.")
+  flags.DEFINE_integer("size", None, "Side every image is resized to (default: the run's "
+                       "views.global_size, 224 for the released recipe).")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -238,9 +238,11 @@ def main(argv: Sequence[str]) -> None:
       raise app.UsageError(f"--{name} is required")
   from adam_v2_jax import checkpoint   # pylint: disable=g-import-not-at-top
   config, step, variables, _ = checkpoint.load_weights(fl.workdir, fl.step, fl.model)
-  emb, files = embed_path(backbone_apply(config), variables, fl.images, size=fl.size,
+  emb, files = embed_path(backbone_apply(config), variables, fl.images,
+                          size=fl.size or int(config.views.global_size),
                           batch_size=fl.batch_size, mean=tuple(config.views.mean),
-                          std=tuple(config.views.std))
+                          std=tuple(config.views.std),
+                          dicom_normalize=config.data.get("dicom_normalize", "voi"))
   out = fl.out if fl.out.endswith(".npy") else fl.out + ".npy"
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   np.save(out, emb)

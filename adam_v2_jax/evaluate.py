@@ -150,6 +150,11 @@ def load_models(workdirs, names=None, step=None, random_init=True, random_seeds=
             f" seed {seed}" if len(random_seeds) > 1 else "")
         variables = calibrate(_random_variables(config, int(seed), input_size))
         models.append((label, config, _teacher_embed(config, variables, batch_size)))
+  labels = [m[0] for m in models]
+  twice = sorted({l for l in labels if labels.count(l) > 1})
+  if twice:  # before any embedding: the report keys its figures and tables by label
+    raise ValueError(f"two models would be labelled {twice[0]!r} (workdirs: {workdirs}); give "
+                     f"each --workdir its own --name")
   return models
 
 

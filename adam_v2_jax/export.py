@@ -48,6 +48,12 @@ def export_variables(name: str, variables: Mapping, out: str, *, layout: str = "
   heads: {'head_l': params, ['head_c': params, 'head_d': params]} as checkpoint.load_weights
   returns them; written to heads_out when given. Returns the sidecar's content.
   """
+  if heads_out and config is not None and config.model.get("head_bn", False):
+    # The released head layout (head.mlp.{0,2,4}) has no place for the batch standardisation
+    # between the layers; a torch head built from it would compute something else.
+    raise ValueError(f"{heads_out}: this run's DINO head batch-standardises its hidden layers "
+                     "(model.head_bn=True), which the released head layout cannot hold; export "
+                     "the backbone alone (without --heads_out)")
   sd = weights.to_torch_state_dict(name, variables, layout=layout)
   os.makedirs(os.path.dirname(os.path.abspath(out)) or ".", exist_ok=True)
   weights.save_state_dict(sd, out)
@@ -69,7 +75,7 @@ def export_variables(name: str, variables: Mapping, out: str, *, layout: str = "
       "model": model, "step": step,
       "preprocessing": preprocessing(config),
       "num_tensors": len(sd),
-      "config": config.to_dict() if config is not None else None,
+      "config": json.loads(config.to_json_best_effort()) if config is not None else None,
       "adam_v2_jax_version": adam_v2_jax.__version__,
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
   }

@@ -11,7 +11,9 @@ Train on the result with data.source=tfds, data.path=<data_dir>, data.tfds_name=
   python -m adam_v2_jax.prepare --dataset chestxray14 --manual_dir /data/nih --data_dir /data/tfds
 """
 import argparse
+import json
 import logging
+import os
 import sys
 import time
 
@@ -75,8 +77,33 @@ def build(args: argparse.Namespace) -> tuple[str, "tfds.core.DatasetBuilder"]:
                                      description=f"{args.source} {args.path} {args.split_file}")
     builder = prepared.AdamPrepared(config=config, **common)
     name = f"adam_prepared/{args.name}"
+  settings = {k: getattr(args, k) for k in SETTINGS}
+  _check_settings(builder.data_dir, settings, name, args.overwrite)
   builder.download_and_prepare(download_config=download_config)
+  with open(os.path.join(builder.data_dir, SETTINGS_FILE), "w") as f:
+    json.dump(settings, f, indent=1)
   return name, builder
+
+
+# What a prepared dataset's records depend on; a rerun with other values must not reuse it.
+SETTINGS = ("dataset", "manual_dir", "config", "source", "path", "split_file", "tfds_name",
+            "tfds_split", "dicom_normalize", "max_side", "channels", "bit_depth", "compression")
+SETTINGS_FILE = "adam_prepare_settings.json"
+
+
+def _check_settings(data_dir: str, settings: dict, name: str, overwrite: bool):
+  """ValueError when `name` exists in data_dir, built with other settings, and not --overwrite
+  (tfds would otherwise silently reuse the old records)."""
+  path = os.path.join(data_dir, SETTINGS_FILE)
+  if overwrite or not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k, v) != v}
+  if changed:
+    diffs = ", ".join(f"--{k} {old!r} then, {new!r} now" for k, (old, new) in changed.items())
+    raise ValueError(f"{name} in {data_dir} was prepared with other settings ({diffs}): pass "
+                     "--overwrite to rebuild it, or choose another --name")
 
 
 def main(argv=None) -> int:

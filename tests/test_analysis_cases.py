@@ -43,7 +43,11 @@ def test_csv_cases_image_root_and_missing_image(tmp_path):
 
 @pytest.mark.parametrize("text,match", [
     ("image,landmark,x\na.png,c,1\n", r"missing column\(s\) \['y'\]"),
-    ("image,landmark,x,y\na.png,c,one,2\n", "line 2: x, y must be numbers"),
+    ("image,landmark,x,y\na.png,c,one,2\n", "line 2: x, y must be finite numbers"),
+    ("image,landmark,x,y\na.png,c,nan,2\n", "line 2: x, y must be finite numbers"),
+    ("image,landmark,x,y\n\n\na.png,c,1,inf\n", "line 4: x, y must be finite"),  # blank lines
+    ("image,landmark,x,y,patient\na.png,c,1,2,p1\na.png,d,3,4,p2\n",
+     "line 3: a.png is patient 'p2' here and 'p1'"),
     ("image,landmark,x,y\na.png,c,1,2\na.png,c,3,4\n", "line 3: landmark 'c' repeats"),
     ("image,landmark,x,y\n,c,1,2\n", "line 2: empty image"),
     ("image,landmark,x,y\n", "no landmark rows"),
@@ -53,6 +57,16 @@ def test_csv_cases_errors_name_file_and_line(tmp_path, text, match):
   with pytest.raises(ValueError, match=match) as e:
     cases_lib.csv_cases(csv_path)
   assert "bad.csv" in str(e.value)
+
+
+def test_csv_landmark_outside_its_image_names_the_line(tmp_path):
+  Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "a.png")
+  csv_path = _write(tmp_path / "lm.csv", "image,landmark,x,y\na.png,c,29.4,19.4\n"
+                                         "a.png,d,5000,-300\n")
+  [case] = cases_lib.csv_cases(csv_path)
+  with pytest.raises(ValueError, match=r"lm.csv, line 3: landmark 'd' at \(5000, -300\) lies "
+                                       r"outside .*a.png \(30 x 20 px\)"):
+    case.load()
 
 
 def test_csv_cases_missing_file(tmp_path):

@@ -74,6 +74,7 @@ def test_embed_path_folder_list_and_stack_agree(tmp_path):
     rel = f"sub/{i}.png" if i % 2 else f"{i}.png"
     Image.fromarray(im).save(folder / rel)
     names.append(rel)
+  (folder / "._0.png").write_bytes(b"macOS fork")   # hidden: skipped, as training skips it
   emb, files = embed.embed_path(_apply("tiny_vit"), v, str(folder), size=32, batch_size=4,
                                 progress=False)
   # Sorted paths: "0.png", "2.png", "sub/1.png", "sub/3.png".
@@ -182,7 +183,7 @@ def test_embed_cli_on_a_folder(smoke, tmp_path):
     Image.fromarray(im).save(folder / f"{i}.png")
   out = tmp_path / "emb.npy"
   r = run_module("adam_v2_jax.embed", f"--workdir={smoke}", f"--images={folder}",
-                 f"--out={out}", "--size=32", "--batch_size=2")
+                 f"--out={out}", "--batch_size=2")   # --size: the run's 32 px views
   assert r.returncode == 0, r.stderr[-3000:]
   emb = np.load(out)
   assert emb.shape == (3, 256)

@@ -96,6 +96,10 @@ def test_calibrate_batch_stats_matches_batch_statistics(run_dir):
 def test_errors_name_the_problem(run_dir, tmp_path):
   with pytest.raises(ValueError, match="--name given 2 time"):
     evaluate.load_models([run_dir], ["a", "b"])
+  with pytest.raises(ValueError, match="labelled 'x'.*its own --name"):
+    evaluate.load_models([run_dir, run_dir], ["x", "x"], random_init=False)
+  with pytest.raises(ValueError, match="labelled 'random init'"):
+    evaluate.load_models([run_dir], ["random init"])
   empty = tmp_path / "empty"
   os.makedirs(empty)
   checkpoint.save_config(str(empty), helpers.tiny_config())

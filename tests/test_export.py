@@ -102,6 +102,17 @@ def test_export_variables_with_heads(tmp_path):
   np.testing.assert_array_equal(hsd["head.last_layer.weight_v"], hp["last_layer"]["kernel"].T)
   assert meta["architecture"]["layout"] == "torchvision" and meta["heads"]["weights"] == \
       "heads.safetensors"
+  # A batch-standardised head (model.head_bn, the demo's) has no released layout: refused.
+  from adam_v2_jax import configlib  # pylint: disable=g-import-not-at-top
+  c = configlib.base_config()
+  c.model.head_bn = True
+  with pytest.raises(ValueError, match="head_bn=True.*without --heads_out"):
+    export.export_variables("tiny_resnet", v, str(tmp_path / "bn.safetensors"),
+                            heads={"head_l": hp}, heads_out=str(tmp_path / "bn_heads.safetensors"),
+                            config=c)
+  assert not (tmp_path / "bn.safetensors").exists()   # refused before writing anything
+  meta = export.export_variables("tiny_resnet", v, str(tmp_path / "c.safetensors"), config=c)
+  assert meta["config"]["stages"][1] == {"mode": "LCD", "epochs": [10, 90, 165]}
 
 
 # ------------------------------------------------------------------ CLI on a checkpoint

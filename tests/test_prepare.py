@@ -67,6 +67,14 @@ def test_folder_round_trip_pixels_ids_bad_records(tmp_path, capsys):
   rec = wide[0]
   assert rec["image"].shape[-1] == 3 and rec["image"].dtype == np.uint16
   assert max(rec["image"].shape[:2]) == 20
+  # The same name again: reused with the same settings, refused with others unless --overwrite.
+  again = ["--source", "folder", "--path", str(root), "--name", "toy", "--data_dir", str(out)]
+  assert prepare.main(again + ["--max_side", "45"]) == 0
+  assert prepare.main(again + ["--max_side", "30"]) == 2
+  err = capsys.readouterr().err
+  assert "adam_prepared/toy" in err and "--max_side 45 then, 30 now" in err and "--overwrite" in err
+  assert prepare.main(again + ["--max_side", "30", "--overwrite"]) == 0
+  assert max(TfdsSource(str(out), "adam_prepared/toy")[0]["image"].shape[:2]) == 30
 
 
 def test_dicom_16bit_round_trip_and_zstd(tmp_path):

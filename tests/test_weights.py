@@ -191,6 +191,16 @@ def test_pth_file_round_trip(tmp_path):
   _timm_model("tiny_resnet").load_state_dict(sd, strict=True)
   back = weights.load_init("tiny_resnet", path)
   np.testing.assert_array_equal(back["batch_stats"]["bn1"]["var"], v["batch_stats"]["bn1"]["var"])
+  # Files that are not state_dicts fail naming the file, not deep in torch or safetensors.
+  torch.save([torch.zeros(2)], tmp_path / "list.pth")
+  with pytest.raises(ValueError, match=r"list.pth: holds a list, not a state_dict"):
+    weights.load_init("tiny_resnet", str(tmp_path / "list.pth"))
+  torch.save(torch.nn.Linear(2, 2), tmp_path / "model.pth")   # a pickled module
+  with pytest.raises(ValueError, match=r"model.pth: cannot read the weights .*state_dict\(\)"):
+    weights.load_init("tiny_resnet", str(tmp_path / "model.pth"))
+  (tmp_path / "bad.safetensors").write_bytes(b"\x01\x00")
+  with pytest.raises(ValueError, match=r"bad.safetensors: cannot read the weights"):
+    weights.load_init("tiny_resnet", str(tmp_path / "bad.safetensors"))
 
 
 @pytest.mark.torch

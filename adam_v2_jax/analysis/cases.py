@@ -9,6 +9,7 @@ pixels of that image (pixel centres at integers); `patient` groups images of one
 """
 import csv
 import dataclasses
+import math
 import os
 from typing import Callable
 
@@ -90,8 +91,9 @@ def csv_cases(csv_path: str, image_root: str = "") -> list[Case]:
     csv_path: the CSV file.
     image_root: folder the image paths are relative to; default: the CSV's folder.
   Raises:
-    ValueError naming the file and row when a column is missing, a coordinate is not a number,
-    a landmark repeats within an image, or the file holds no rows.
+    ValueError naming the file and row when a column is missing, a coordinate is not a finite
+    number, a landmark repeats within an image, an image is given two patients, or the file
+    holds no rows; and, when the image is read, when a landmark lies outside it.
   """
   root = image_root or os.path.dirname(os.path.abspath(csv_path))
   try:
@@ -106,27 +108,49 @@ def csv_cases(csv_path: str, image_root: str = "") -> list[Case]:
       raise ValueError(f"{csv_path}: missing column(s) {sorted(missing)}; "
                        f"expected a header image,landmark,x,y[,patient], got {fields}")
     by_image: dict[str, dict] = {}
-    for row_no, row in enumerate(reader, start=2):
+    for row in reader:
+      row_no = reader.line_num  # the file's line (blank lines and quoted newlines counted)
       row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
       image, name = row["image"], row["landmark"]
       if not image or not name:
         raise ValueError(f"{csv_path}, line {row_no}: empty image or landmark")
       try:
         x, y = float(row["x"]), float(row["y"])
+        if not (math.isfinite(x) and math.isfinite(y)):
+          raise ValueError
       except ValueError:
-        raise ValueError(f"{csv_path}, line {row_no}: x, y must be numbers, "
+        raise ValueError(f"{csv_path}, line {row_no}: x, y must be finite numbers, "
                          f"got {row['x']!r}, {row['y']!r}") from None
-      entry = by_image.setdefault(image, {"patient": row.get("patient") or image, "lm": {}})
+      patient = row.get("patient") or image
+      entry = by_image.setdefault(image, {"patient": patient, "lm": {}, "lines": {}})
       if name in entry["lm"]:
         raise ValueError(f"{csv_path}, line {row_no}: landmark {name!r} repeats for {image}")
-      entry["lm"][name] = (x, y)
+      if patient != entry["patient"]:
+        raise ValueError(f"{csv_path}, line {row_no}: {image} is patient {patient!r} here and "
+                         f"{entry['patient']!r} on an earlier line")
+      entry["lm"][name], entry["lines"][name] = (x, y), row_no
   if not by_image:
     raise ValueError(f"{csv_path}: no landmark rows")
   cases = []
   for image, entry in by_image.items():
     path = image if os.path.isabs(image) else os.path.join(root, image)
-    cases.append(Case(image, entry["patient"], entry["lm"], lambda p=path: read_image(p)))
+    cases.append(Case(image, entry["patient"], entry["lm"],
+                      _checked_reader(path, entry["lm"], entry["lines"], csv_path)))
   return cases
+
+
+def _checked_reader(path: str, landmarks: dict, lines: dict, csv_path: str):
+  """A loader of the image at `path` that fails, naming the CSV line, on a landmark outside it
+  (a patch there would be padding only and distort every figure)."""
+  def load():
+    image = read_image(path)
+    h, w = image.shape[:2]
+    for name, (x, y) in landmarks.items():
+      if not (-0.5 <= x < w - 0.5 and -0.5 <= y < h - 0.5):
+        raise ValueError(f"{csv_path}, line {lines[name]}: landmark {name!r} at ({x:g}, {y:g}) "
+                         f"lies outside {path} ({w} x {h} px)")
+    return image
+  return load
 
 
 def landmark_names(cases: list[Case]) -> list[str]:

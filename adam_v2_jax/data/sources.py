@@ -87,7 +87,7 @@ class DicomSource(_ImageFiles):
 
   def __init__(self, root: str, split_file: str = "", *, channels: int = 1, bit_depth: int = 8,
                max_side: int = 0, normalize: str = "voi"):
-    found = scan_files(root, _looks_dicom, "DICOM files")
+    found = scan_files(root, looks_dicom, "DICOM files")
     if split_file:
       files, ids = _resolve_split(root, found, split_file)
     else:
@@ -104,7 +104,8 @@ class DicomSource(_ImageFiles):
     return self._finish(image, i)
 
 
-def _looks_dicom(path: str) -> bool:
+def looks_dicom(path: str) -> bool:
+  """A DICOM extension, or no extension and a DICOM preamble (as many archives store them)."""
   ext = os.path.splitext(path)[1].lower()
   if ext in dicom.DICOM_EXTENSIONS:
     return True

@@ -204,15 +204,28 @@ def read_state_dict(path: str) -> Dict[str, Any]:
     raise ValueError(f"{path}: no such weights file")
   if path.endswith(".safetensors"):
     from safetensors.numpy import load_file   # pylint: disable=g-import-not-at-top
-    return load_file(path)
-  if path.endswith((".pth", ".pt", ".bin", ".tar")):
+    load = load_file
+  elif path.endswith((".pth", ".pt", ".bin", ".tar")):
     try:
       import torch   # pylint: disable=g-import-not-at-top
     except ImportError as err:
       raise ValueError(f"{path}: reading .pth needs torch (pip install -e '.[torch]'), or "
                        "convert it to .safetensors") from err
-    return torch.load(path, map_location="cpu", weights_only=True)
-  raise ValueError(f"{path}: unknown weights format; use .safetensors or .pth")
+    load = lambda p: torch.load(p, map_location="cpu", weights_only=True)
+  else:
+    raise ValueError(f"{path}: unknown weights format; use .safetensors or .pth")
+  try:
+    sd = load(path)
+  except Exception as e:  # pylint: disable=broad-except
+    first = (str(e).strip().splitlines() or [""])[0]   # torch's messages run for a page
+    raise ValueError(
+        f"{path}: cannot read the weights ({type(e).__name__}: {first}). A file that pickles "
+        "objects (a whole model, or DINO-style checkpoints that save their args) is refused by "
+        "torch.load(weights_only=True): load it in torch and save its state_dict()") from e
+  if not isinstance(sd, Mapping):
+    raise ValueError(f"{path}: holds a {type(sd).__name__}, not a state_dict (a mapping of "
+                     "tensor names to tensors); save model.state_dict()")
+  return sd
 
 
 def load_init(name: str, path: str) -> Dict[str, Dict]:
