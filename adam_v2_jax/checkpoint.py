@@ -189,6 +189,15 @@ def load_weights(workdir: str, step: int | None = None, model: str = "teacher"):
   return config, s, variables, heads
 
 
+def load_weights_or_exit(prog: str, workdir: str, step: int | None, model: str):
+  """load_weights for a command-line tool: a missing run, step or checkpoint ends the program
+  with one line naming it (exit 1) instead of a traceback."""
+  try:
+    return load_weights(workdir, step, model)
+  except (FileNotFoundError, ValueError, RuntimeError) as e:
+    raise SystemExit(f"{prog}: {e}") from None
+
+
 def _on_this_host(mngr, step: int):
   """Abstract state of checkpoint `step` placed on this process's first device, so that tools
   read a checkpoint whatever topology saved it (a pod's checkpoint on a laptop)."""

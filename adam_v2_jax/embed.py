@@ -237,7 +237,8 @@ def main(argv: Sequence[str]) -> None:
     if not fl[name].value:
       raise app.UsageError(f"--{name} is required")
   from adam_v2_jax import checkpoint   # pylint: disable=g-import-not-at-top
-  config, step, variables, _ = checkpoint.load_weights(fl.workdir, fl.step, fl.model)
+  config, step, variables, _ = checkpoint.load_weights_or_exit("embed", fl.workdir, fl.step,
+                                                              fl.model)
   emb, files = embed_path(backbone_apply(config), variables, fl.images,
                           size=fl.size or int(config.views.global_size),
                           batch_size=fl.batch_size, mean=tuple(config.views.mean),

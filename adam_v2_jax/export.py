@@ -113,7 +113,8 @@ def main(argv: Sequence[str]) -> None:
     if path and not path.endswith((".safetensors", ".pth")):
       raise app.UsageError(f"{path}: the file must end in .safetensors or .pth")
   from adam_v2_jax import checkpoint   # pylint: disable=g-import-not-at-top
-  config, step, variables, heads = checkpoint.load_weights(fl.workdir, fl.step, fl.model)
+  config, step, variables, heads = checkpoint.load_weights_or_exit("export", fl.workdir,
+                                                                   fl.step, fl.model)
   export_variables(config.model.backbone, variables, fl.out, layout=fl.layout, heads=heads,
                    heads_out=fl.heads_out, config=config, step=step, model=fl.model)
   print(f"{fl.out}: {config.model.backbone} {fl.model} step {step} ({fl.layout} layout); "
