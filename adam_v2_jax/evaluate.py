@@ -138,23 +138,27 @@ def load_models(workdirs, names=None, step=None, random_init=True, random_seeds=
     logging.info("%s: %s backbone, step %d", wd, config.model.backbone, got_step)
     models.append((label, config, _teacher_embed(config, variables, batch_size)))
     configs.append(config)
+  randoms = []  # (label, config, seed): labelled first, so a clash fails before any init
   if random_init:
     seen = {}
     for config in configs:
       seen.setdefault(config.model.backbone, config)
-    for arch, config in seen.items():
-      calibrate = (batch_stats_calibrator(config, calibration, batch_size)
-                   if calibration is not None else lambda v: v)
-      for seed in random_seeds:
-        label = "random init" + (f" ({arch})" if len(seen) > 1 else "") + (
-            f" seed {seed}" if len(random_seeds) > 1 else "")
-        variables = calibrate(_random_variables(config, int(seed), input_size))
-        models.append((label, config, _teacher_embed(config, variables, batch_size)))
-  labels = [m[0] for m in models]
+    randoms = [("random init" + (f" ({arch})" if len(seen) > 1 else "")
+                + (f" seed {seed}" if len(random_seeds) > 1 else ""), config, int(seed))
+               for arch, config in seen.items() for seed in random_seeds]
+  labels = [m[0] for m in models] + [r[0] for r in randoms]
   twice = sorted({l for l in labels if labels.count(l) > 1})
-  if twice:  # before any embedding: the report keys its figures and tables by label
+  if twice:  # the report keys its figures and tables by label
     raise ValueError(f"two models would be labelled {twice[0]!r} (workdirs: {workdirs}); give "
                      f"each --workdir its own --name")
+  calibrators = {}
+  for label, config, seed in randoms:
+    arch = config.model.backbone
+    if arch not in calibrators:
+      calibrators[arch] = (batch_stats_calibrator(config, calibration, batch_size)
+                           if calibration is not None else lambda v: v)
+    variables = calibrators[arch](_random_variables(config, seed, input_size))
+    models.append((label, config, _teacher_embed(config, variables, batch_size)))
   return models
 
 

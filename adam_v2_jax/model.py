@@ -32,7 +32,7 @@ class Networks:
   n_parts: int
   # The same backbone without stochastic depth, for the teacher (DINO's teacher has none); drop
   # path has no parameters, so the student's parameter tree fits it.
-  teacher_backbone: nn.Module | None = None
+  teacher_backbone: nn.Module
 
   def init_params(self, rng, mode: str, image_size: int):
     """Fresh parameters of the student for `mode` and the backbone's batch_stats.
@@ -59,7 +59,7 @@ class Networks:
     """g(x): [N,H,W,3] -> (float32[N,D], new batch_stats). BatchNorm uses batch statistics when
     training (the teacher too, as in the released code) and updates the running ones.
     teacher=True runs the backbone without stochastic depth (no rng needed)."""
-    net = self.teacher_backbone if teacher and self.teacher_backbone is not None else self.backbone
+    net = self.teacher_backbone if teacher else self.backbone
     variables = {"params": params["backbone"], **({"batch_stats": batch_stats["backbone"]}
                                                    if batch_stats else {})}
     rngs = {"dropout": rng} if rng is not None else None

@@ -129,10 +129,6 @@ def check_values(config, device_count: int):
   if d.lcd_border < 0:
     _fail("data.lcd_border", d.lcd_border, "must be >= 0 (px kept from the image border by "
           "stage-LCD anchors at levels >= 1)")
-  sigma = tuple(v.blur_sigma)
-  if len(sigma) != 2 or not 0 <= sigma[0] <= sigma[1]:
-    _fail("views.blur_sigma", v.blur_sigma, "(low, high) with 0 <= low <= high, in pixels of a "
-          "224 px view (the released 0.1-2; smaller views scale it by global_size / 224)")
   if d.canvas_size < v.global_size // 2:
     _fail("data.canvas_size", d.canvas_size, f"must be >= views.global_size / 2 "
           f"({v.global_size // 2}); 2 x global_size keeps parts at full resolution")
@@ -168,6 +164,10 @@ def check_view_ranges(config):
   for key in ("rotation_l", "rotation_lcd"):
     if v[key] < 0:
       _fail(f"views.{key}", v[key], "degrees >= 0 (views rotate by U(-r, r))")
+  sigma = tuple(v.blur_sigma)
+  if len(sigma) != 2 or not 0 <= sigma[0] <= sigma[1]:
+    _fail("views.blur_sigma", v.blur_sigma, "(low, high) with 0 <= low <= high, in pixels of a "
+          "224 px view (the released 0.1-2; smaller views scale it by global_size / 224)")
   bins = len(sampling.LCD_LOCAL_BINS)
   if any(s.mode == "LCD" for s in config.stages) and v.n_local > bins:
     _fail("views.n_local", v.n_local, f"stage LCD has area bins for at most {bins} local crops")

@@ -74,8 +74,6 @@ def main():
   nets_of = {}
   if args.workdir:
     config, step, variables, _ = checkpoint.load_weights(args.workdir, args.step, "teacher")
-    if "lcd_border" not in config.data:  # saved before the key existed: the released border
-      config.data.lcd_border = 50
     fidelity.apply_overrides(config, args.set)
     nets_of[f"teacher step {step}"] = backbone_features(config, variables)
   else:

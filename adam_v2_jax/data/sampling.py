@@ -251,7 +251,7 @@ def sample_anchor(record, config, *, stage_index: int, mode: str, level: int, ep
   image = check_image(record)
   words = (config.seed, stage_index, level, epoch, index, draw)
   box = anchor_box(rng_for(_ANCHOR, *words), image.shape[0], image.shape[1], mode, level,
-                   record.get("id", "?"), config.data.lcd_border)
+                   record.get("id", "?"), config.data.get("lcd_border", LCD_BORDER))
   canvas, extent = make_canvas(image, box, config.data.canvas_size, config.data.channels)
   views = config.views
   num_views = layout_lib.layout_from_config(config, mode).num_views
