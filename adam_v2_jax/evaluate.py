@@ -61,7 +61,7 @@ def _teacher_embed(config, variables, batch_size: int):
   return embed_lib.make_embed_fn(config, variables, batch_size=batch_size)
 
 
-def _random_variables(config, seed: int, size: int):
+def random_init_variables(config, seed: int, size: int):
   """Freshly initialised backbone variables of config.model.backbone (the random baseline).
 
   The architecture's own initialisers under one jit; an RBG key because threefry's bit
@@ -157,7 +157,7 @@ def load_models(workdirs, names=None, step=None, random_init=True, random_seeds=
     if arch not in calibrators:
       calibrators[arch] = (batch_stats_calibrator(config, calibration, batch_size)
                            if calibration is not None else lambda v: v)
-    variables = calibrators[arch](_random_variables(config, seed, input_size))
+    variables = calibrators[arch](random_init_variables(config, seed, input_size))
     models.append((label, config, _teacher_embed(config, variables, batch_size)))
   return models
 

@@ -69,8 +69,7 @@ def main():
   p.add_argument("--set", type=fidelity._parse_set, action="append", default=[],  # pylint: disable=protected-access
                  metavar="KEY=VALUE", help="override a config key (repeatable)")
   args = p.parse_args()
-  import jax  # pylint: disable=g-import-not-at-top
-  from adam_v2_jax import checkpoint, model as model_lib  # pylint: disable=g-import-not-at-top
+  from adam_v2_jax import checkpoint, evaluate  # pylint: disable=g-import-not-at-top
   nets_of = {}
   if args.workdir:
     config, step, variables, _ = checkpoint.load_weights(args.workdir, args.step, "teacher")
@@ -79,12 +78,10 @@ def main():
   else:
     config = fidelity.make_config((1.0, 1.0, 1.0), True, backbone="tiny_resnet", steps=480,
                                   batch=args.batch, overrides=args.set)
-  if args.random_seed is not None:
-    params, stats = model_lib.build_networks(config).init_params(
-        jax.random.PRNGKey(args.random_seed), "LCD", config.views.global_size)
+  if args.random_seed is not None:  # the fidelity table's random init of this seed
     nets_of[f"random init {args.random_seed}"] = backbone_features(
-        config, {"params": params["backbone"], **({"batch_stats": stats["backbone"]}
-                                                  if stats else {})})
+        config, evaluate.random_init_variables(config, args.random_seed,
+                                               config.views.global_size))
   print(f"x1 -> x0 top-1 retrieval among {args.batch} anchors (chance {1 / args.batch:.3f}); "
         f"{config.data.source} {config.data.phantom_size if config.data.source == 'phantom' else ''}"
         f" px images, lcd_border {config.data.lcd_border}, {config.views.global_size} px views")

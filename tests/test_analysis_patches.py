@@ -73,9 +73,19 @@ def test_split_box_tiles_the_whole_with_unequal_parts(n):
     expected = np.zeros_like(cover)
     expected[y0:y0 + h, x0:x0 + w] = 1
     np.testing.assert_array_equal(cover, expected)  # every pixel of the whole exactly once
-    if n == 2:
-      areas = [pw * ph for _, _, pw, ph in parts]
-      assert areas[0] != areas[1]
+    areas = [pw * ph for _, _, pw, ph in parts]
+    assert len(set(areas)) == n  # pairwise unequal
+
+
+def test_split_box_draws_again_when_two_parts_share_an_area():
+  # With seed 6, the first draw of cuts splits a 40 x 40 box into 17x17, 17x23, 23x17 and
+  # 23x23: two parts of 391 px. split_box must not return it.
+  first = patches._guillotine((0, 0, 40, 40), 4, np.random.default_rng(6), (0.25, 0.75), 0.05)
+  assert sorted(pw * ph for _, _, pw, ph in first) == [289, 391, 391, 529]
+  parts = patches.split_box((0, 0, 40, 40), 4, np.random.default_rng(6))
+  assert len({pw * ph for _, _, pw, ph in parts}) == 4
+  with pytest.raises(ValueError, match="distinct areas"):
+    patches.split_box((0, 0, 2, 2), 2, np.random.default_rng(0))  # 2 + 2 is the only split
 
 
 def test_split_box_is_deterministic_and_rejects_bad_requests():

@@ -74,7 +74,7 @@ def test_teacher_embed_matches_the_saved_teacher(run_dir):
 
 def test_calibrate_batch_stats_matches_batch_statistics(run_dir):
   config = checkpoint.load_config(run_dir)
-  variables = evaluate._random_variables(config, 0, 32)
+  variables = evaluate.random_init_variables(config, 0, 32)
   rng = np.random.default_rng(0)
   images = np.clip(rng.normal(120, 40, (64, 32, 32, 1)), 0, 255).astype(np.uint8)
   calibrated = evaluate.calibrate_batch_stats(config, variables, images, batch_size=16)

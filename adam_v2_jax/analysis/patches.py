@@ -177,21 +177,35 @@ def random_patches(cases: list[cases_lib.Case], count: int, rng: np.random.Gener
 
 
 def split_box(box, n: int, rng: np.random.Generator, cut=(0.25, 0.75),
-              min_imbalance: float = 0.05) -> list[tuple[int, int, int, int]]:
+              min_imbalance: float = 0.05, max_tries: int = 100) -> list[tuple[int, int, int, int]]:
   """Splits an integer box into `n` non-overlapping parts of unequal sizes that tile it exactly.
 
   Guillotine cuts: the largest part so far is cut across its longer side at a fraction drawn
-  from U(cut) at least `min_imbalance` away from the middle, until there are n parts.
+  from U(cut) at least `min_imbalance` away from the middle, until there are n parts. A split
+  in which two parts have the same area (e.g. 3 + 3 of a 6 x 4 box cut once more) is drawn
+  again, so that "unequal" (SPEC 6) holds for every pair of parts.
 
   Returns:
     n integer boxes (x0, y0, w, h) whose pixels partition the box.
+  Raises:
+    ValueError naming the box when it is too small, or no split has n distinct areas in
+    max_tries draws.
   """
   if n < 1:
     raise ValueError(f"number of parts must be >= 1, got {n}")
   x0, y0, w, h = (int(v) for v in box)
   if w * h < 2 * n or max(w, h) < 2:
     raise ValueError(f"box {box} is too small to split into {n} parts")
-  parts = [(x0, y0, w, h)]
+  for _ in range(max_tries):
+    parts = _guillotine((x0, y0, w, h), n, rng, cut, min_imbalance)
+    if len({pw * ph for _, _, pw, ph in parts}) == n:
+      return parts
+  raise ValueError(f"box {box}: no split into {n} parts of distinct areas in {max_tries} draws")
+
+
+def _guillotine(box, n: int, rng: np.random.Generator, cut, min_imbalance: float):
+  """One draw of split_box's cuts (parts may share an area)."""
+  parts = [box]
   while len(parts) < n:
     i = max(range(len(parts)), key=lambda j: (parts[j][2] * parts[j][3], -j))
     px, py, pw, ph = parts.pop(i)
