@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 
@@ -47,14 +48,52 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
-def build(args: argparse.Namespace) -> tuple[str, "tfds.core.DatasetBuilder"]:
-  """Builds the dataset `args` describe; returns (tfds name to read it by, builder)."""
-  common = dict(data_dir=args.data_dir, channels=args.channels, bit_depth=args.bit_depth,
-                workers=args.workers, compression=args.compression)
-  download_config = tfds.download.DownloadConfig(
-      manual_dir=args.manual_dir or None,
-      download_mode=(tfds.download.GenerateMode.FORCE_REDOWNLOAD if args.overwrite
-                     else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+def build(args: argparse.Namespace) -> tuple[str, "tfds.core.DatasetBuilder", str]:
+  """Builds the dataset `args` describe, or reuses it when it exists with the same settings.
+
+  A (re)build goes to a temporary data_dir beside --data_dir and is moved into place only when it
+  is complete and holds images, so a kill or an error never costs the dataset already there.
+  Returns (tfds name to read it by, builder (its info), the dataset's final directory).
+  """
+  settings = {k: getattr(args, k) for k in SETTINGS}
+  settings["path"] = os.path.abspath(args.path) if args.path else ""  # ./x and /abs/x alike
+  name, make = _builder_factory(args)
+  final = make(args.data_dir).data_dir
+  aside = final + ".replaced"
+  if not os.path.exists(final) and os.path.isdir(aside):  # killed between the two renames
+    os.replace(aside, final)
+  if os.path.exists(final) and not args.overwrite:
+    _check_settings(final, settings, name)
+    builder = make(args.data_dir)
+    builder.download_and_prepare()  # reads the finished dataset's info; writes nothing
+    return name, builder, final
+  tmp_root = os.path.join(args.data_dir, ".adam_prepare_tmp", name.replace("/", "__"))
+  shutil.rmtree(tmp_root, ignore_errors=True)  # a killed earlier build of this name
+  try:
+    builder = make(tmp_root)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=args.manual_dir or None))
+    empty = [s for s, v in builder.info.splits.items() if v.num_examples == 0]
+    if empty:
+      bad = (builder.info.metadata or {}).get("bad_records", [])
+      raise ValueError(f"{name}: split(s) {', '.join(empty)} hold no readable image "
+                       f"({len(bad)} bad records, first: {bad[:3]})")
+    _write_json(os.path.join(builder.data_dir, SETTINGS_FILE), settings)
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    if os.path.exists(final):
+      shutil.rmtree(aside, ignore_errors=True)
+      os.replace(final, aside)
+    os.replace(builder.data_dir, final)
+    shutil.rmtree(aside, ignore_errors=True)
+  finally:
+    shutil.rmtree(tmp_root, ignore_errors=True)
+  return name, builder, final
+
+
+def _builder_factory(args: argparse.Namespace):
+  """(tfds name, make(data_dir) -> builder) for `args`; checks the arguments and the source."""
+  common = dict(channels=args.channels, bit_depth=args.bit_depth, workers=args.workers,
+                compression=args.compression)
   if args.dataset == "chestxray14":
     from adam_v2_jax.data.chestxray14 import Chestxray14, check_manual_dir
     if not args.manual_dir:
@@ -62,27 +101,20 @@ def build(args: argparse.Namespace) -> tuple[str, "tfds.core.DatasetBuilder"]:
     check_manual_dir(args.manual_dir)
     if args.channels != 1 or args.bit_depth != 8:
       raise ValueError("ChestX-ray14 is stored grey 8-bit: leave --channels and --bit_depth")
-    builder = Chestxray14(config=args.config, **common)
-    name = f"chestxray14/{args.config}"
-  else:
-    if not args.name or "/" in args.name:
-      raise ValueError(f"--name must be a plain name for adam_prepared/<name>, got {args.name!r}")
-    data = dict(source=args.source, path=args.path, split_file=args.split_file,
-                tfds_name=args.tfds_name, tfds_split=args.tfds_split, channels=args.channels,
-                bit_depth=args.bit_depth, max_side=args.max_side,
-                dicom_normalize=args.dicom_normalize)
-    source = make_source(data)  # fails here, before any work, on a missing/empty path
-    logging.info("preparing %r", source)
-    config = prepared.PreparedConfig(name=args.name, source_factory=lambda: source,
-                                     description=f"{args.source} {args.path} {args.split_file}")
-    builder = prepared.AdamPrepared(config=config, **common)
-    name = f"adam_prepared/{args.name}"
-  settings = {k: getattr(args, k) for k in SETTINGS}
-  _check_settings(builder.data_dir, settings, name, args.overwrite)
-  builder.download_and_prepare(download_config=download_config)
-  with open(os.path.join(builder.data_dir, SETTINGS_FILE), "w") as f:
-    json.dump(settings, f, indent=1)
-  return name, builder
+    return (f"chestxray14/{args.config}",
+            lambda data_dir: Chestxray14(config=args.config, data_dir=data_dir, **common))
+  if not args.name or "/" in args.name:
+    raise ValueError(f"--name must be a plain name for adam_prepared/<name>, got {args.name!r}")
+  data = dict(source=args.source, path=args.path, split_file=args.split_file,
+              tfds_name=args.tfds_name, tfds_split=args.tfds_split, channels=args.channels,
+              bit_depth=args.bit_depth, max_side=args.max_side,
+              dicom_normalize=args.dicom_normalize)
+  source = make_source(data)  # fails here, before any work, on a missing/empty path
+  logging.info("preparing %r", source)
+  config = prepared.PreparedConfig(name=args.name, source_factory=lambda: source,
+                                   description=f"{args.source} {args.path} {args.split_file}")
+  return (f"adam_prepared/{args.name}",
+          lambda data_dir: prepared.AdamPrepared(config=config, data_dir=data_dir, **common))
 
 
 # What a prepared dataset's records depend on; a rerun with other values must not reuse it.
@@ -91,19 +123,34 @@ SETTINGS = ("dataset", "manual_dir", "config", "source", "path", "split_file", "
 SETTINGS_FILE = "adam_prepare_settings.json"
 
 
-def _check_settings(data_dir: str, settings: dict, name: str, overwrite: bool):
-  """ValueError when `name` exists in data_dir, built with other settings, and not --overwrite
-  (tfds would otherwise silently reuse the old records)."""
-  path = os.path.join(data_dir, SETTINGS_FILE)
-  if overwrite or not os.path.exists(path):
-    return
-  with open(path) as f:
-    saved = json.load(f)
+def _write_json(path: str, obj):
+  with open(path + ".tmp", "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(path + ".tmp", path)
+
+
+def _check_settings(dataset_dir: str, settings: dict, name: str):
+  """ValueError unless the dataset in dataset_dir was prepared with `settings` (tfds would
+  otherwise silently reuse records of other settings)."""
+  path = os.path.join(dataset_dir, SETTINGS_FILE)
+  how = "pass --overwrite to rebuild it, or choose another --name"
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except FileNotFoundError:
+    raise ValueError(f"{name} in {dataset_dir} has no record of the settings it was prepared "
+                     f"with ({SETTINGS_FILE}): {how}") from None
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f"{path} is unreadable ({e}): {how}") from None
+  if settings.get("source") != "dicom":  # dicom_normalize changes nothing else
+    saved.pop("dicom_normalize", None)
+    settings = {k: v for k, v in settings.items() if k != "dicom_normalize"}
+  if saved.get("path"):
+    saved["path"] = os.path.abspath(saved["path"])  # datasets saved before paths were absolute
   changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k, v) != v}
   if changed:
     diffs = ", ".join(f"--{k} {old!r} then, {new!r} now" for k, (old, new) in changed.items())
-    raise ValueError(f"{name} in {data_dir} was prepared with other settings ({diffs}): pass "
-                     "--overwrite to rebuild it, or choose another --name")
+    raise ValueError(f"{name} in {dataset_dir} was prepared with other settings ({diffs}): {how}")
 
 
 def main(argv=None) -> int:
@@ -111,14 +158,14 @@ def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   start = time.time()
   try:
-    name, builder = build(args)
+    name, builder, final = build(args)
   except ValueError as e:
     print(f"prepare: {e}", file=sys.stderr)
     return 2
   info = builder.info
   bad = info.metadata.get("bad_records", []) if info.metadata is not None else []
   counts = ", ".join(f"{s}: {v.num_examples}" for s, v in info.splits.items())
-  print(f"prepared {name} in {builder.data_dir} ({counts}; {len(bad)} bad records skipped; "
+  print(f"prepared {name} in {final} ({counts}; {len(bad)} bad records skipped; "
         f"{time.time() - start:.0f} s)")
   print(f"train with: data.source=tfds data.path={args.data_dir} data.tfds_name={name}")
   return 0

@@ -60,7 +60,9 @@ def _write_dicom(path, pixels12):
 
 
 def make_data(workdir: str, count: int, size: int) -> dict:
-  """Writes the images once (reused on later runs); returns {kind: source}."""
+  """Writes the images once (reused on later runs of the same count and size); returns
+  {kind: source}."""
+  workdir = os.path.join(workdir, f"{count}x{size}px")  # another --count/--size: other files
   dirs = {k: os.path.join(workdir, k) for k in ("png", "jpeg", "dicom")}
   tfds_dir = os.path.join(workdir, "tfds")
   if not os.path.isdir(dirs["png"]):

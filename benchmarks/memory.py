@@ -104,7 +104,9 @@ def largest_fitting(peak_fn, limit: float, points: dict, max_points: int,
   while True:
     lo = max((b for b, p in points.items() if p <= limit), default=0)
     hi = min((b for b, p in points.items() if p > limit), default=None)
-    if hi == lo + 1 or len(points) >= max_points or not points:
+    # lo >= hi: the peaks are not monotone around the limit (a larger batch fits where a
+    # smaller one did not); the bracket is empty, so stop rather than measure known points.
+    if (hi is not None and hi <= lo + 1) or len(points) >= max_points or not points:
       return lo, hi
     # The peak is close to affine in the batch: least squares through every point so far.
     bs = list(points)
@@ -114,6 +116,8 @@ def largest_fitting(peak_fn, limit: float, points: dict, max_points: int,
     guess = int(mean_b + (limit - mean_p) // slope) if slope > 0 else 2 * max(lo, 1)
     # Inside the bracket (lo, hi), where no point is known yet.
     guess = max(guess, lo + 1) if hi is None else min(max(guess, lo + 1), hi - 1)
+    if guess in points:
+      return lo, hi
     points[guess] = peak_fn(guess)
 
 

@@ -24,6 +24,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -50,11 +51,13 @@ OFFICIAL_STEP = os.environ.get("ADAM_OFFICIAL_STEP", os.path.join(
 OFFICIAL_SRC = os.environ.get("ADAM_OFFICIAL_SRC",
                               "/work/.mirror/MR-HosseinzadehTaher+Eden/repo")
 
-# Dense bfloat16 peak TFLOP/s per JAX device, matched in order against device.device_kind.
+# Dense bfloat16 peak TFLOP/s per JAX device, matched in order against device.device_kind as
+# whole words ("L4" is not "L40S", "A100" not "RTX A1000").
 PEAK_TFLOPS = (
-    ("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0), ("L4", 121.0),
-    ("TPU v6", 918.0), ("TPU v5 lite", 197.0), ("TPU v5e", 197.0), ("TPU v5", 459.0),
-    ("TPU v4", 275.0),
+    ("H200", 989.0), ("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100", 989.0),
+    ("A100", 312.0), ("L40S", 362.0), ("L40", 181.0), ("L4", 121.0),
+    ("TPU v6", 918.0), ("TPU v5 lite", 197.0), ("TPU v5e", 197.0), ("TPU v5p", 459.0),
+    ("TPU v5", 459.0), ("TPU v4", 275.0),
 )
 OFFICIAL_ARCHS = ("resnet50", "convnext_base")
 
@@ -164,7 +167,8 @@ def compiled_memory(compiled) -> dict:
 def peak_tflops_of(device) -> float | None:
   """The dense bfloat16 peak of a device, from its device_kind, or None if not in the table."""
   kind = getattr(device, "device_kind", "")
-  return next((p for k, p in PEAK_TFLOPS if k.lower() in kind.lower()), None)
+  return next((p for k, p in PEAK_TFLOPS
+               if re.search(rf"(?<![A-Za-z0-9]){re.escape(k)}(?![A-Za-z0-9])", kind, re.I)), None)
 
 
 def device_peak_bytes(device) -> int | None:

@@ -5,8 +5,8 @@
 #   WHEELS=/path/to/wheels launch/gpu_bench.sh [OUT_DIR]     # offline, from carried wheels
 #   ONLINE=1 launch/gpu_bench.sh                             # from PyPI
 #
-# Settings (environment): WHEELS (a folder of wheels: jax, jax-cuda12 plugin, flax, optax, torch,
-# torchvision, timm and their dependencies; installed with --no-index), ONLINE=1 (use PyPI),
+# Settings (environment): WHEELS (a folder of wheels: jax, the jax-cuda12 plugin, flax, optax,
+# ml_collections, torch, torchvision, timm and their dependencies; installed with --no-index), ONLINE=1 (use PyPI),
 # PYTHON (an interpreter that already has everything: no install), BACKBONES ("resnet50
 # convnext_base"), BATCH_resnet50 (64), BATCH_convnext_base (32), STEPS (10), WARMUP (3),
 # DTYPE (bfloat16), RUN_TIMEOUT (seconds per backbone, both steps and compilation; a run past it
@@ -56,8 +56,10 @@ if [[ -z "$py" ]]; then
     exit 2
   fi
   log "installing into $venv"
-  "$py" -m pip install -q "${pip_src[@]}" "jax[cuda12]" torch torchvision timm || exit 2
-  "$py" -m pip install -q "${pip_src[@]}" -e "$repo" || exit 2
+  # benchmarks/step.py imports the package from the checkout (no install, so no build backend
+  # or dataset packages are needed): jax, flax, optax and ml_collections are all it takes.
+  "$py" -m pip install -q "${pip_src[@]}" "jax[cuda12]" flax optax ml_collections torch \
+    torchvision timm || exit 2
 fi
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1  # figures as they come; a traceback if stopped
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}
@@ -87,6 +89,7 @@ for b in "${backbones[@]}"; do
     log "released step not found (OFFICIAL_STEP, OFFICIAL_SRC): ours only"
   fi
   log "$b, batch $batch: ${args[*]}"
+  rm -f "$out/step_$b.json"  # never report an earlier run's figures as this one's
   limit=()
   [[ -n "${RUN_TIMEOUT:-}" ]] && limit=(timeout -s ABRT "$RUN_TIMEOUT")
   if ! (cd "$repo" && ${limit[@]+"${limit[@]}"} "$py" benchmarks/step.py "${args[@]}"); then
@@ -100,11 +103,14 @@ done
 import json, os, sys, time
 out, card, names = sys.argv[1], sys.argv[2], sys.argv[3:]
 runs = []
+failed = []
 for n in names:
   p = os.path.join(out, f"step_{n}.json")
   if os.path.exists(p):
     runs.append(json.load(open(p)))
-json.dump({"card": card, "date": time.strftime("%Y-%m-%d"), "runs": runs},
+  else:
+    failed.append(n)
+json.dump({"card": card, "date": time.strftime("%Y-%m-%d"), "runs": runs, "failed": failed},
           open(os.path.join(out, "gpu_bench.json"), "w"), indent=1)
 f = lambda x, spec=".1f": "n/a" if x is None else format(x, spec)
 print("| backbone | batch/GPU | ours anchors/s | ours MFU | ours peak GiB | released anchors/s "
@@ -115,6 +121,8 @@ for r in runs:
   print(f"| {o['backbone']} | {o['per_device_batch']} | {f(o['anchors_per_s_per_device'])} "
         f"| {f(mfu)}% | {f(o['peak_memory_gib'])} | {f(p.get('anchors_per_s'))} "
         f"| {f(p.get('peak_mem_gib'))} | {f(r.get('ratio'), '.2f')}x |")
+for n in failed:
+  print(f"| {n} | FAILED: no figures | | | | | | |")
 print(f"card: {card}; written {os.path.join(out, 'gpu_bench.json')}")
 EOF
 exit $status

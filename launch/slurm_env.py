@@ -1,6 +1,8 @@
 """The multi-process flags of adam_v2_jax.main for one SLURM task, from the SLURM environment.
 
-  srun python -m adam_v2_jax.main $(python launch/slurm_env.py) --config=... --workdir=...
+  srun bash -c 'python -m adam_v2_jax.main $(python launch/slurm_env.py) "$@"' _ --config=...
+  (or launch/slurm_task.sh). The flags differ per task, so they are computed in each task; a
+  bare $(...) in the batch script would run once, as task 0, and give every task its flags.
 
 Prints --coordinator_address (first host of SLURM_JOB_NODELIST, port ADAM_COORDINATOR_PORT or
 one derived from the job id, so that two jobs sharing a node do not collide), --num_processes

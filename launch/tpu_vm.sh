@@ -12,7 +12,8 @@
 # other workers by itself on TPU VMs. The bucket BUCKET is mounted with gcsfuse at
 # /mnt/gcs/BUCKET on every worker, so data and workdir can live there (or use a disk every worker
 # mounts, via MOUNT_CMD). After a preemption (spot VMs) run `up` again with the same arguments:
-# the VM is recreated and the run resumes from the latest checkpoint in the workdir.
+# the preempted VM is deleted and created again, and the run resumes from the latest checkpoint
+# in the workdir.
 #
 # Settings (environment variables):
 #   TPU_NAME (adam-v2), ZONE (us-central2-b), ACCELERATOR (v4-8; v4-32 for a 4-host pod slice),
@@ -39,6 +40,10 @@ COORD_PORT=${COORD_PORT:-8476}
 REMOTE_DIR=adam_v2_jax      # on each worker, under ~
 REMOTE_VENV=adam_v2_venv
 LOG=adam_v2_run.log
+# The trainer's own process, not a shell whose command line merely mentions it (ssh runs each
+# --command as `bash -c '...'`, which an unanchored pattern would find: the run's own check).
+TRAINER=${TRAINER:-adam_v2_jax.main}   # the module run on the workers (tests run a stand-in)
+RUN_PATTERN="^[^ ]*python[^ ]* -m ${TRAINER//./[.]}( |\$)"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(dirname "$here")
 
@@ -62,17 +67,24 @@ on_all() {  # runs a shell command on every worker of the VM
   gc compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=all --command "$1"
 }
 
-exists() {
-  [[ "$DRY_RUN" == "1" ]] && return 1
+vm_state() {  # READY, CREATING, PREEMPTED, ...; empty when there is no such VM (or DRY_RUN=1)
+  [[ "$DRY_RUN" == "1" ]] && return 0
   gcloud compute tpus tpu-vm describe "$TPU_NAME" --zone "$ZONE" \
-    ${PROJECT:+--project "$PROJECT"} >/dev/null 2>&1
+    ${PROJECT:+--project "$PROJECT"} --format='value(state)' 2>/dev/null || true
 }
 
 cmd_create() {
-  if exists; then
-    echo "TPU VM $TPU_NAME exists in $ZONE: reusing it"
-    return 0
-  fi
+  local state
+  state=$(vm_state)
+  case "$state" in
+    "") ;;
+    PREEMPTED|TERMINATED)  # a preempted spot VM stays listed until deleted; it cannot restart
+      echo "TPU VM $TPU_NAME in $ZONE is $state: deleting it to create it again"
+      gc compute tpus tpu-vm delete "$TPU_NAME" --zone "$ZONE" --quiet ;;
+    *)
+      echo "TPU VM $TPU_NAME exists in $ZONE ($state): reusing it"
+      return 0 ;;
+  esac
   local spot=()
   [[ "$SPOT" == "1" ]] && spot=(--spot)
   gc compute tpus tpu-vm create "$TPU_NAME" --zone "$ZONE" --accelerator-type "$ACCELERATOR" \
@@ -109,9 +121,16 @@ git -C ~/$REMOTE_DIR checkout -q FETCH_HEAD; else git clone -q $url ~/$REMOTE_DI
 git -C ~/$REMOTE_DIR checkout -q $ref; fi"
   else  # this checkout, as it is (uncommitted changes included), without caches and venvs
     local tarball=/tmp/adam_v2_jax_code.tgz
-    if [[ "$DRY_RUN" != "1" ]]; then
+    if [[ "$DRY_RUN" == "1" ]]; then
+      :
+    elif git -C "$repo" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+      # tracked and new files, not what .gitignore names (venvs, runs/, wheels, caches)
+      (cd "$repo" && git ls-files -z --cached --others --exclude-standard \
+        | tar -czf "$tarball" --null -T -)
+    else
       tar -czf "$tarball" -C "$repo" --exclude=.git --exclude='*.whl' --exclude='.venv' \
-        --exclude='__pycache__' --exclude='*.egg-info' .
+        --exclude='venv' --exclude='.ci-venv' --exclude='runs' --exclude='__pycache__' \
+        --exclude='*.egg-info' .
     fi
     gc compute tpus tpu-vm scp "$tarball" "$TPU_NAME:~/" --zone "$ZONE" --worker=all
     on_all "mkdir -p ~/$REMOTE_DIR && tar -xzf ~/adam_v2_jax_code.tgz -C ~/$REMOTE_DIR"
@@ -146,11 +165,11 @@ cmd_run() {
   # JAX_COORDINATOR_ADDRESS makes main.py call jax.distributed.initialize(), which reads the
   # process count and index of each worker from the TPU VM's metadata.
   local start="cd ~/$REMOTE_DIR && JAX_COORDINATOR_ADDRESS=$coord \
-~/$REMOTE_VENV/bin/python -m adam_v2_jax.main$args"
+~/$REMOTE_VENV/bin/python -m $TRAINER$args"
   if [[ "$FOREGROUND" == "1" ]]; then
     on_all "set -e; $(mount_cmd); $start 2>&1 | tee -a ~/$LOG"
   else  # detached: the run outlives the ssh session; SIGTERM on preemption still reaches it
-    on_all "set -e; $(mount_cmd); if pgrep -u \$USER -f '[a]dam_v2_jax.main' >/dev/null; then \
+    on_all "set -e; $(mount_cmd); if pgrep -u \$USER -f '$RUN_PATTERN' >/dev/null; then \
 echo \"worker \$(hostname): a run is going; '$0 stop' first\"; exit 1; fi; \
 nohup setsid bash -c $(printf '%q' "$start") >> ~/$LOG 2>&1 < /dev/null & \
 echo \"worker \$(hostname): started, log ~/$LOG\""
@@ -169,7 +188,7 @@ case "$cmd" in
   up) cmd_create; cmd_install; cmd_run "$@" ;;
   logs) gc compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=0 \
           --command "tail -n 50 -f ~/$LOG" ;;
-  stop) on_all "pkill -TERM -u \$USER -f '[a]dam_v2_jax.main' || true" ;;  # checkpoints, exits
+  stop) on_all "pkill -TERM -u \$USER -f '$RUN_PATTERN' || true" ;;  # checkpoints, exits
   ssh) gc compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=0 ;;
   delete) gc compute tpus tpu-vm delete "$TPU_NAME" --zone "$ZONE" --quiet ;;
   *) die "unknown command $cmd; use create|install|run|up|logs|stop|ssh|delete" ;;

@@ -95,6 +95,14 @@ def test_largest_fitting_finds_the_boundary_within_the_compile_cap():
   assert memory.largest_fitting(peak, 1e9, {}, max_points=5) == (0, 1)  # nothing fits
 
 
+def test_largest_fitting_stops_on_peaks_that_are_not_monotone():
+  known = {14: 9.0e9, 15: 10.5e9, 16: 9.9e9}  # 16 fits where 15 did not
+  measured = []
+  lo, hi = memory.largest_fitting(lambda b: measured.append(b) or 9e9, 10e9, known,
+                                  start=(14, 15, 16), max_points=40)
+  assert (lo, hi) == (16, 15) and measured == []  # no point measured twice (it looped forever)
+
+
 def test_comparison_rows_put_both_steps_per_anchor():
   ours = {"impl": "ours", "anchors_per_s_per_device": 4.0, "s_per_step": 0.5,
           "gflop_per_anchor": 100.0, "tflops_per_device": 0.4}
@@ -116,6 +124,11 @@ def test_peak_table():
   assert step_bench.peak_tflops_of(kind("TPU v5 lite")) == 197
   assert step_bench.peak_tflops_of(kind("TPU v5p")) == 459
   assert step_bench.peak_tflops_of(kind("TPU v6 lite")) == 918
+  assert step_bench.peak_tflops_of(kind("NVIDIA H100 NVL")) == 835
+  assert step_bench.peak_tflops_of(kind("NVIDIA L40S")) == 362
+  assert step_bench.peak_tflops_of(kind("NVIDIA L40")) == 181
+  assert step_bench.peak_tflops_of(kind("NVIDIA L4")) == 121
+  assert step_bench.peak_tflops_of(kind("NVIDIA RTX A1000 6GB Laptop GPU")) is None
   assert step_bench.peak_tflops_of(kind("cpu")) is None
 
 

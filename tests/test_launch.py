@@ -1,9 +1,11 @@
 """launch/: shell scripts parse and pass shellcheck, the SLURM derivation, the TPU VM commands,
 and the Colab notebook runs on CPU."""
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 
 import nbclient
 import nbformat
@@ -165,3 +167,87 @@ def test_notebook_executes_on_cpu(tmp_path, monkeypatch):
     assert (work / "export" / "backbone.safetensors").exists()
   else:
     assert "skipped: adam_v2_jax.export" in text
+
+
+FAKE_GCLOUD = r"""#!/bin/bash
+# gcloud as one worker would see it: ssh --command runs the string with bash -c, as sshd does.
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  if [[ "${args[i]}" == --command ]]; then exec bash -c "${args[i+1]}"; fi
+done
+echo "gcloud $*" >> "$FAKE_LOG"
+if [[ " $* " == *" describe "* ]]; then
+  if [[ "$*" == *"value(state)"* ]]; then [[ -n "$FAKE_STATE" ]] && echo "$FAKE_STATE"; exit 0; fi
+  echo 10.0.0.2
+fi
+"""
+
+
+def test_tpu_vm_detached_run_starts_refuses_a_second_and_stops(tmp_path):
+  """Not a dry run: `run` and `stop` as the workers execute them (the run's check used to find
+  its own ssh shell and refuse to start)."""
+  bin_dir, home = tmp_path / "bin", tmp_path / "home"
+  bin_dir.mkdir()
+  (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
+  (bin_dir / "gcloud").chmod(0o755)
+  # The code on the worker: a stand-in trainer that waits, under a name of this test's own (the
+  # suite's real trainers, running beside it, must not be found or stopped).
+  trainer = f"standin_{os.getpid()}"
+  pkg = home / "adam_v2_jax" / trainer
+  pkg.mkdir(parents=True)
+  (pkg / "__init__.py").write_text("")
+  (pkg / "main.py").write_text("import sys, time\nprint('trainer', sys.argv[1:], flush=True)\n"
+                               "time.sleep(60)\n")
+  (home / "adam_v2_venv" / "bin").mkdir(parents=True)
+  (home / "adam_v2_venv" / "bin" / "python").symlink_to(sys.executable)
+  env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(home),
+         "USER": os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True,
+                                                          text=True).stdout.strip(),
+         "FAKE_LOG": str(tmp_path / "gcloud.log"), "DRY_RUN": "0", "TPU_NAME": "t",
+         "TRAINER": f"{trainer}.main"}
+  tpu = lambda *a, **e: subprocess.run(["bash", os.path.join(LAUNCH, "tpu_vm.sh"), *a],
+                                       env={**env, **e}, capture_output=True, text=True,
+                                       timeout=60)
+  pattern = f"^[^ ]*python[^ ]* -m {trainer}[.]main"
+  try:
+    first = tpu("run", "--", "--workdir=/w/a b")
+    assert first.returncode == 0 and "started" in first.stdout, first.stdout + first.stderr
+    for _ in range(50):  # the detached trainer comes up
+      if subprocess.run(["pgrep", "-f", pattern]).returncode == 0:
+        break
+      time.sleep(0.1)
+    second = tpu("run", "--", "--workdir=/w/a b")
+    assert second.returncode != 0 and "a run is going" in second.stdout
+    assert tpu("stop").returncode == 0
+    for _ in range(50):
+      if subprocess.run(["pgrep", "-f", pattern]).returncode != 0:
+        break
+      time.sleep(0.1)
+    else:
+      raise AssertionError("stop left the trainer running")
+    log = (home / "adam_v2_run.log").read_text()
+    assert "trainer ['--workdir=/w/a b']" in log  # arguments arrive whole
+    # A preempted spot VM is deleted and created again, a READY one reused.
+    preempted = tpu("create", FAKE_STATE="PREEMPTED")
+    assert preempted.returncode == 0 and "is PREEMPTED" in preempted.stdout
+    calls = (tmp_path / "gcloud.log").read_text()
+    assert "tpu-vm delete t" in calls and "tpu-vm create t" in calls
+    ready = tpu("create", FAKE_STATE="READY")
+    assert "reusing it" in ready.stdout
+  finally:
+    subprocess.run(["pkill", "-f", pattern])
+
+
+def test_gpu_bench_reports_a_failed_run_as_failed_not_an_earlier_ones_figures(tmp_path):
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "step_nosuch.json").write_text(json.dumps(  # an earlier run's figures
+      {"ours": {"backbone": "nosuch", "per_device_batch": 64, "anchors_per_s_per_device": 999.0,
+                "mfu": 0.55, "peak_memory_gib": 40.0}}))
+  run = subprocess.run(["bash", os.path.join(LAUNCH, "gpu_bench.sh"), str(out)],
+                       env={**os.environ, "PYTHON": sys.executable, "ALLOW_CPU": "1",
+                            "BACKBONES": "nosuch"}, capture_output=True, text=True, timeout=300)
+  assert run.returncode == 1
+  assert "999.0" not in run.stdout and "| nosuch | FAILED" in run.stdout
+  summary = json.loads((out / "gpu_bench.json").read_text())
+  assert summary["runs"] == [] and summary["failed"] == ["nosuch"]

@@ -10,7 +10,7 @@ from array_record.python import array_record_module
 from PIL import Image
 
 from adam_v2_jax import prepare
-from adam_v2_jax.data import sources
+from adam_v2_jax.data import prepared, sources
 from adam_v2_jax.data.prepared import TfdsSource
 from tests.test_dicom import write_dicom
 
@@ -124,3 +124,79 @@ def test_chestxray14_needs_the_list_files(tmp_path, capsys):
   rc = prepare.main(["--dataset", "chestxray14", "--manual_dir", str(tmp_path / "nih"),
                      "--data_dir", str(tmp_path / "tfds")])
   assert rc == 2 and "train_val_list.txt" in capsys.readouterr().err
+
+
+def _pngs(root, n, h=30, w=40):
+  os.makedirs(root, exist_ok=True)
+  for k in range(n):
+    Image.fromarray(_noise(h, w, k)).save(root / f"im{k:02d}.png")
+
+
+def test_a_failed_rebuild_keeps_the_dataset_there(tmp_path, monkeypatch):
+  _pngs(tmp_path / "pngs", 4)
+  out = tmp_path / "tfds"
+  args = ["--source", "folder", "--path", str(tmp_path / "pngs"), "--name", "k",
+          "--data_dir", str(out)]
+  assert prepare.main(args + ["--max_side", "20"]) == 0
+
+  def killed(self):  # the process dies while writing the new shards
+    raise SystemExit(137)
+  with monkeypatch.context() as m:
+    m.setattr(prepared._Shard, "__call__", killed)
+    with pytest.raises(SystemExit):
+      prepare.main(args + ["--max_side", "10", "--overwrite"])
+  src = TfdsSource(str(out), "adam_prepared/k")
+  assert len(src) == 4 and max(src[0]["image"].shape[:2]) == 20  # the old dataset, whole
+  assert not (out / ".adam_prepare_tmp" / "adam_prepared__k").exists()
+  # A kill -9 leaves the temporary build behind; the next build of the name clears it.
+  stale = out / ".adam_prepare_tmp" / "adam_prepared__k" / "incomplete.X_1.0.0"
+  stale.mkdir(parents=True)
+  assert prepare.main(args + ["--max_side", "10", "--overwrite"]) == 0
+  assert max(TfdsSource(str(out), "adam_prepared/k")[0]["image"].shape[:2]) == 10
+  assert not stale.exists()
+  assert not list((out / "adam_prepared" / "k").glob("*.replaced"))
+
+
+def test_settings_record_missing_or_broken_is_refused(tmp_path, capsys, monkeypatch):
+  _pngs(tmp_path / "pngs", 2)
+  out = tmp_path / "tfds"
+  monkeypatch.chdir(tmp_path)
+  args = ["--source", "folder", "--name", "s", "--data_dir", str(out), "--max_side", "20"]
+  assert prepare.main(args + ["--path", "pngs"]) == 0
+  settings = next((out / "adam_prepared" / "s").glob("*/" + prepare.SETTINGS_FILE))
+  before = settings.stat().st_mtime_ns
+  assert prepare.main(args + ["--path", str(tmp_path / "pngs")]) == 0  # the same folder
+  assert settings.stat().st_mtime_ns == before  # reuse writes nothing
+  settings.write_text('{\n "dataset"')  # a torn write of an older version
+  assert prepare.main(args + ["--path", "pngs"]) == 2
+  assert str(settings) in capsys.readouterr().err
+  settings.unlink()
+  assert prepare.main(args + ["--path", "pngs", "--max_side", "10"]) == 2
+  err = capsys.readouterr().err
+  assert "no record of the settings" in err and "--overwrite" in err
+
+
+def test_all_bad_input_fails_and_writes_nothing(tmp_path, capsys):
+  (tmp_path / "junk").mkdir()
+  for k in range(3):
+    (tmp_path / "junk" / f"{k}.png").write_bytes(b"not a png")
+  out = tmp_path / "tfds"
+  assert prepare.main(["--source", "folder", "--path", str(tmp_path / "junk"), "--name", "bad",
+                       "--data_dir", str(out)]) == 2
+  err = capsys.readouterr().err
+  assert "hold no readable image" in err and "3 bad records" in err and "0.png" in err
+  assert not (out / "adam_prepared" / "bad").exists()
+
+
+def test_shards_are_sized_by_the_images_and_a_missing_one_fails_on_open(tmp_path, monkeypatch):
+  _pngs(tmp_path / "pngs", 10)  # 40 x 30 px, however large --max_side
+  monkeypatch.setattr(prepared, "_SHARD_BYTES", 4 * 40 * 30)  # 4 images a shard
+  out = tmp_path / "tfds"
+  assert prepare.main(["--source", "folder", "--path", str(tmp_path / "pngs"), "--name", "sh",
+                       "--data_dir", str(out), "--max_side", "8192"]) == 0
+  shards = sorted((out / "adam_prepared" / "sh").glob("*/*.array_record-*"))
+  assert len(shards) == 3  # 4 + 4 + 2; sized by 8192^2 it was 10 shards of one image
+  assert len(TfdsSource(str(out), "adam_prepared/sh")) == 10
+  shards[1].unlink()
+  with pytest.raises(ValueError, match="misses 1 shard file.*00001-of-00003"):
+    TfdsSource(str(out), "adam_prepared/sh")

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 from array_record.python import array_record_module
 from tensorflow_datasets.core import writer as writer_lib
 
@@ -122,9 +123,21 @@ class ImageShardBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
       out[split] = [_Shard(self, source, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
     return out
 
-  def _bytes_per_image(self, source) -> int:
-    side = getattr(source, "max_side", 0) or 1024
-    return side * side * self._channels * (self._bit_depth // 8)
+  def _bytes_per_image(self, source, samples: int = 8) -> int:
+    """The largest stored size among `samples` records spread over the source (decoded here),
+    so that shards hold about _SHARD_BYTES whatever the images' real size; the long side's
+    square (1024 when unbounded) when none of them can be read."""
+    size = 0
+    for i in np.linspace(0, len(source) - 1, min(samples, len(source))).round().astype(int):
+      try:
+        h, w = source[int(i)]["image"].shape[:2]
+      except BadRecord:
+        continue
+      size = max(size, h * w)
+    if not size:
+      side = getattr(source, "max_side", 0) or 1024
+      size = side * side
+    return size * self._channels * (self._bit_depth // 8)
 
   def _records(self, source, lo: int, hi: int):
     """Yields (index, Record or None, error) for lo <= index < hi, decoding in the pool if any."""
@@ -202,9 +215,19 @@ class TfdsSource:
     self.data_dir, self.name, self.split = data_dir, name, split
     self.channels, self.bit_depth, self.max_side = channels, bit_depth, max_side
     self._ds = None
-    n = len(self._open())
+    try:
+      n = len(self._open())
+    except ValueError as e:
+      if "can not be of 0 length" not in str(e):  # tfds' words for a split without shards
+        raise
+      n = 0
     if n == 0:
       raise ValueError(f"tfds dataset {name!r} split {split!r} in {data_dir!r} holds no images")
+    missing = [os.fspath(f) for f in self._ds.dataset_info.splits[split].filepaths
+               if not epath.Path(f).exists()]  # epath: also gs:// buckets
+    if missing:  # a broken copy, not bad images: tfds would read its records as errors
+      raise ValueError(f"tfds dataset {name!r} split {split!r} in {data_dir!r} misses "
+                       f"{len(missing)} shard file(s), e.g. {missing[0]}")
     self._len = n
 
   def _open(self):
