@@ -125,3 +125,30 @@ def test_resize_long_side():
   out16 = decode.resize_long_side(a16, 30)
   assert out16.dtype == np.uint16 and out16.shape == (20, 30, 1)
   assert np.abs(out16.astype(float) / 257 - out).max() <= 1.0
+
+
+def test_jpeg_exif_orientation_is_applied():
+  a = np.zeros((20, 40), np.uint8)
+  a[:, :20] = 200  # bright left half, as stored
+  exif = Image.Exif()
+  exif[0x0112] = 6  # "rotate 90 CW to view"
+  buf = io.BytesIO()
+  Image.fromarray(a).save(buf, "JPEG", quality=95, exif=exif.tobytes())
+  out = decode.decode_image(buf.getvalue(), "cam.jpg")
+  assert out.shape == (40, 20, 1)  # upright: the stored 20 x 40 turned
+  assert out[:20].mean() > 150 and out[20:].mean() < 50  # the bright half is now on top
+
+
+def test_pixel_limit_is_ours_with_its_message():
+  # A PNG header of 9000 x 10000 (90 MP: above PIL's 89.5 MP warning, below our 100 MP) is not
+  # refused as a bomb; 10000 x 10001 is, with the size in the message.
+  def header_only(w, h):
+    import struct
+    import zlib
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+  with pytest.raises(BadRecord, match="corrupt or truncated"):  # no pixel data, but not a bomb
+    decode.decode_image(header_only(9000, 10000), "big.png")
+  with pytest.raises(BadRecord, match=r"huge.png: 10000x10001 pixels is more than 100000000"):
+    decode.decode_image(header_only(10000, 10001), "huge.png")

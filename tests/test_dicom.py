@@ -143,3 +143,29 @@ def test_is_dicom_file(tmp_path):
   assert dicom.is_dicom_file(write_dicom(tmp_path / "noext", _pixels()))
   (tmp_path / "readme").write_text("hello")
   assert not dicom.is_dicom_file(str(tmp_path / "readme"))
+
+
+def test_negative_slope_with_window_keeps_dark_dark(tmp_path):
+  # Modality values 4095 - stored: the same picture stored inverted with slope -1. With a window
+  # over the whole range it must look as the same values stored directly (pydicom's window output
+  # has its dark end at the larger number then; sorting the range inverted the image).
+  x = np.array([[0, 1000, 2000, 3000, 4000]], np.uint16)
+  window = dict(WindowCenter=2048, WindowWidth=4096)
+  neg = dicom.read_dicom(write_dicom(tmp_path / "n.dcm", x, RescaleSlope=-1,
+                                     RescaleIntercept=4095, **window))
+  direct = dicom.read_dicom(write_dicom(tmp_path / "d.dcm", 4095 - x, **window))
+  np.testing.assert_array_equal(neg, direct)
+  assert neg[0, 0, 0] > neg[0, -1, 0]  # stored 0 = modality 4095: bright
+  plain = dicom.read_dicom(write_dicom(tmp_path / "p.dcm", x, RescaleSlope=-1,
+                                       RescaleIntercept=4095))
+  assert plain[0, 0, 0] > plain[0, -1, 0]  # and the same way without the window
+  mm = dicom.read_dicom(str(tmp_path / "n.dcm"), normalize="minmax")
+  assert mm[0, 0, 0] == 255 and mm[0, -1, 0] == 0
+
+
+def test_grey_header_over_colour_pixels_is_a_bad_record(tmp_path):
+  ds = pydicom.dcmread(get_testdata_file("SC_rgb.dcm"))
+  ds.PhotometricInterpretation = "MONOCHROME2"
+  ds.save_as(tmp_path / "mislabelled.dcm")
+  with pytest.raises(BadRecord, match="mislabelled.dcm: MONOCHROME2 with pixel shape"):
+    dicom.read_dicom(str(tmp_path / "mislabelled.dcm"), bit_depth=16)

@@ -161,3 +161,40 @@ def test_make_source_reads_configlib_defaults(nih_like):
   data.source, data.path = "folder", str(root)
   src = sources.make_source(data)
   assert len(src) == 5 and src[0]["image"].shape[-1] == data.channels
+
+
+def test_dicom_listing_uid_names_dicomdir_and_link_loops(tmp_path):
+  p = np.array([[0, 4095], [2048, 1000]], np.uint16)
+  series = tmp_path / "study" / "series"
+  series.mkdir(parents=True)
+  write_dicom(series / "1.3.6.1.4.1.9328.50.1.10001", p)  # named by UID: a numeric "extension"
+  write_dicom(series / "CT.1.2.840.113619", p)
+  (series / "notes.2024").write_text("not DICOM")
+  write_dicom(tmp_path / "DICOMDIR", p)  # an index; never an image
+  os.symlink("..", series / "up")  # a link back up the tree
+  src = sources.DicomSource(str(tmp_path))
+  assert src.files == ["study/series/1.3.6.1.4.1.9328.50.1.10001",
+                       "study/series/CT.1.2.840.113619"]
+
+
+def test_unlistable_folder_fails_naming_it(tmp_path, monkeypatch):
+  (tmp_path / "ok").mkdir()
+  write_dicom(tmp_path / "ok" / "a.dcm", np.zeros((2, 2), np.uint16))
+  (tmp_path / "locked").mkdir()
+  real = os.scandir
+
+  def scandir(path="."):
+    if os.fspath(path).endswith("locked"):
+      raise PermissionError(13, "Permission denied", os.fspath(path))
+    return real(path)
+  monkeypatch.setattr(os, "scandir", scandir)
+  with pytest.raises(ValueError, match="cannot list folder .*locked.*Permission denied"):
+    sources.DicomSource(str(tmp_path))
+
+
+def test_split_file_with_a_byte_order_mark(nih_like, tmp_path):
+  root, _ = nih_like
+  split = tmp_path / "bom.txt"
+  split.write_bytes("\ufeff00000002_000.png\n00000001_000.png\n".encode("utf-8"))
+  src = sources.FolderSource(str(root), split_file=str(split))
+  assert [src[i]["id"] for i in range(2)] == ["00000002_000.png", "00000001_000.png"]

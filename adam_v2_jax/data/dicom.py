@@ -67,11 +67,15 @@ def decode_dicom(data: bytes, name: str, *, bit_depth: int = 8, normalize: str =
   photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
   try:
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
+      if arr.ndim != 2:  # e.g. 3 samples per pixel under a grey header
+        raise BadRecord(f"{name}: {photometric} with pixel shape {arr.shape} (SamplesPerPixel "
+                        f"{ds.get('SamplesPerPixel')})")
       unit = _grey_to_unit(arr, ds, normalize)
       if photometric == "MONOCHROME1":
         unit = 1.0 - unit
       unit = unit[:, :, None]
-    elif arr.ndim == 3 and arr.shape[-1] == 3:  # RGB (pydicom turned YBR into RGB)
+    elif (photometric == "RGB" or photometric.startswith("YBR")) and arr.ndim == 3 \
+        and arr.shape[-1] == 3:  # RGB (pydicom turned YBR into RGB)
       unit = _colour_to_unit(arr, ds, normalize)
     else:
       raise BadRecord(f"{name}: unsupported photometric interpretation {photometric!r} "
@@ -105,7 +109,12 @@ def _grey_to_unit(arr: np.ndarray, ds, normalize: str) -> np.ndarray:
         # declaring 16-bit entries (the values are unchanged) keeps the indices whole.
         ds.VOILUTSequence[0].LUTDescriptor = descriptor[:2] + [16]
     values = dcm_pixels.apply_voi_lut(values, ds, index=0)
-    # Windowing maps onto the rescaled range computed above (pydicom's y_min, y_max).
+    # Windowing maps onto the rescaled range computed above, pydicom's (y_min, y_max): y_min is
+    # the window's dark end even when a negative RescaleSlope makes it the larger number, so
+    # reflect such output to keep dark low (sorting lo, hi alone would invert the image).
+    if not has_lut and hi < lo:
+      values = (lo + hi) - values.astype(np.float64)
+      lo, hi = hi, lo
   return _unit(values, min(lo, hi), max(lo, hi), normalize)
 
 

@@ -105,11 +105,15 @@ class DicomSource(_ImageFiles):
 
 
 def looks_dicom(path: str) -> bool:
-  """A DICOM extension, or no extension and a DICOM preamble (as many archives store them)."""
-  ext = os.path.splitext(path)[1].lower()
+  """A DICOM extension, or none (or a numeric one: files named by UID, '1.2.840.113619.2.55')
+  and a DICOM preamble, as many archives store them. DICOMDIR (an index, no image) is not."""
+  base = os.path.basename(path)
+  ext = os.path.splitext(base)[1].lower()
   if ext in dicom.DICOM_EXTENSIONS:
     return True
-  return ext == "" and dicom.is_dicom_file(path)
+  if base.upper() == "DICOMDIR":
+    return False
+  return (ext == "" or ext[1:].isdigit()) and dicom.is_dicom_file(path)
 
 
 def scan_files(root: str, keep, what: str) -> list[str]:
@@ -122,8 +126,17 @@ def scan_files(root: str, keep, what: str) -> list[str]:
     raise ValueError(f"data.path is empty: name the folder of {what}")
   if not os.path.isdir(root):
     raise ValueError(f"data path {root!r} does not exist or is not a folder")
-  found = []
-  for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+  def unreadable(e: OSError):  # a folder silently left out would shift records between hosts
+    raise ValueError(f"cannot list folder {e.filename!r} under data path {root!r}: "
+                     f"{e.strerror or e}") from e
+
+  found, seen = [], set()
+  for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unreadable):
+    real = os.path.realpath(dirpath)
+    if real in seen:  # a link back up the tree: its files are listed already
+      dirnames[:] = []
+      continue
+    seen.add(real)
     dirnames[:] = [d for d in dirnames if not d.startswith(".")]
     for name in filenames:
       path = os.path.join(dirpath, name)
@@ -138,7 +151,7 @@ def _resolve_split(root: str, found: Sequence[str], split_file: str):
   """(files, ids) for the entries of `split_file`, in its order, resolved against `found`."""
   if not os.path.isfile(split_file):
     raise ValueError(f"split file {split_file!r} does not exist")
-  with open(split_file) as f:
+  with open(split_file, encoding="utf-8-sig") as f:  # a BOM is not part of the first name
     entries = [line.strip() for line in f]
   entries = [e for e in entries if e and not e.startswith("#")]
   if not entries:
