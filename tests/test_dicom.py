@@ -169,3 +169,12 @@ def test_grey_header_over_colour_pixels_is_a_bad_record(tmp_path):
   ds.save_as(tmp_path / "mislabelled.dcm")
   with pytest.raises(BadRecord, match="mislabelled.dcm: MONOCHROME2 with pixel shape"):
     dicom.read_dicom(str(tmp_path / "mislabelled.dcm"), bit_depth=16)
+
+
+def test_window_width_zero_is_no_window(tmp_path):
+  p = np.array([[0, 1000, 4095]], np.uint16)
+  zero = dicom.read_dicom(write_dicom(tmp_path / "z.dcm", p, WindowCenter=1000, WindowWidth=0))
+  np.testing.assert_array_equal(zero, dicom.read_dicom(write_dicom(tmp_path / "n.dcm", p)))
+  multi = dicom.read_dicom(write_dicom(tmp_path / "m.dcm", p, WindowCenter=[1000, 2000],
+                                       WindowWidth=[400, 800]))
+  np.testing.assert_array_equal(multi[0, :, 0], np.round(_linear_window(p[0], 1000, 400) * 255))

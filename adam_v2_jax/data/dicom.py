@@ -97,7 +97,11 @@ def _grey_to_unit(arr: np.ndarray, ds, normalize: str) -> np.ndarray:
   else:
     lo, hi = _rescale(ds, lo), _rescale(ds, hi)
   has_lut = bool(ds.get("VOILUTSequence"))
-  has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
+  has_window = ds.get("WindowCenter") is not None and _first(ds.get("WindowWidth")) > 0
+  if ds.get("WindowWidth") is not None and not has_window and not has_lut:
+    # A width of 0 (or less) is no window (the standard wants >= 1; some writers put 0): the
+    # image is read as if it had none, rather than skipped.
+    del ds.WindowWidth
   if has_lut or has_window:
     if has_lut:
       if not np.issubdtype(values.dtype, np.integer):
@@ -116,6 +120,18 @@ def _grey_to_unit(arr: np.ndarray, ds, normalize: str) -> np.ndarray:
       values = (lo + hi) - values.astype(np.float64)
       lo, hi = hi, lo
   return _unit(values, min(lo, hi), max(lo, hi), normalize)
+
+
+def _first(value) -> float:
+  """The first of a (possibly multi-valued) numeric DICOM element; -1 when absent or empty."""
+  if value is None or value == "":
+    return -1.0
+  if isinstance(value, (str, bytes)):
+    return float(value)
+  try:
+    return float(value[0]) if len(value) else -1.0
+  except TypeError:  # a single value
+    return float(value)
 
 
 def _colour_to_unit(arr: np.ndarray, ds, normalize: str) -> np.ndarray:
