@@ -89,7 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.per_device_batch = 64
   c.steps_per_epoch = 0          # 0: records // global batch; > 0 caps an epoch (smoke runs)
   c.log_every = 50
-  c.checkpoint_every = 1000      # steps; a checkpoint is also written at the end of every stage
+  c.checkpoint_every = 1000      # steps; a checkpoint is also written at the end of every level
   c.keep_checkpoints = 3
   c.max_bad_steps = 5            # consecutive non-finite steps before the run stops
   c.debug = ml_collections.ConfigDict(dict(

@@ -5,6 +5,8 @@ import math
 import os
 import tempfile
 
+import ml_collections
+
 from adam_v2_jax import configlib
 from adam_v2_jax import layout as layout_lib
 from adam_v2_jax.data import sampling
@@ -63,7 +65,14 @@ def check_stages(config):
   if not config.stages:
     _fail("stages", config.stages, "at least one stage is needed, e.g. [dict(mode='LCD', "
           "epochs=(10, 90, 165))]")
+  if any(isinstance(s, dict) for s in config.stages):
+    # Plain dicts (a list keeps them as they are) become ConfigDicts, which the code reads by
+    # attribute; a config file may write either.
+    config.stages = [ml_collections.ConfigDict(s) if isinstance(s, dict) else s
+                     for s in config.stages]
   for i, stage in enumerate(config.stages):
+    if not isinstance(stage, (dict, ml_collections.ConfigDict)):
+      _fail(f"stages[{i}]", stage, "a dict(mode=..., epochs=...)")
     for k in stage.keys():
       if k not in STAGE_KEYS:
         _fail(f"stages[{i}].{k}", stage[k], f"allowed keys: {sorted(STAGE_KEYS)}")
@@ -93,6 +102,11 @@ def check_values(config, device_count: int):
   if d.source in ("folder", "dicom") and not d.path:
     _fail("data.path", d.path, f"data.source={d.source!r} needs a dataset: pass "
           "--config.data.path=/path/to/images (or use a :smoke/demo config for the phantom)")
+  given = [k for k in ("path", "tfds_name", "mixture") if d[k]]
+  if d.source == "phantom" and given:  # e.g. FILE:smoke, which chose the phantom, + a dataset
+    _fail("data.source", d.source, f"the phantom would ignore the dataset given in "
+          f"data.{given[0]}: pass --config.data.source=folder|dicom|tfds|mixture too (a :smoke "
+          "config trains on the phantom when its file names no dataset)")
   if d.source == "tfds" and not d.tfds_name:
     _fail("data.tfds_name", d.tfds_name, "data.source='tfds' needs the dataset name made by "
           "python -m adam_v2_jax.prepare")

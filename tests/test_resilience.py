@@ -105,6 +105,8 @@ def _cfg(**changes):
     ({"views.n_parts": 3}, ["views.n_parts", "3", "square"]),
     ({"views.blur_sigma": (2.0, 0.1)}, ["views.blur_sigma", "low <= high", "224 px"]),
     ({"data.lcd_border": -1}, ["data.lcd_border", "-1", ">= 0"]),
+    ({"data.path": "/data/cxr"}, ["data.source", "phantom", "data.path",
+                                  "--config.data.source=folder"]),
     ({"views.n_local": 11}, ["views.n_local", "11", "at most 10"]),
     ({"views.jitter": (0.4, 0.4, 0.2)}, ["views.jitter", "hue"]),
     ({"views.lcd_global_scale": (0.8,)}, ["views.lcd_global_scale", "low <= high"]),
@@ -142,6 +144,16 @@ def test_schema_errors():
   with pytest.raises(validate.ConfigError, match=r"stages\[0\].mode.*'LC'"):
     c = _cfg()
     c.stages[0].mode = "LC"
+    validate.check(c, 1)
+
+
+def test_stages_written_as_plain_dicts_are_read():
+  c = _cfg()
+  c.stages = [dict(mode=s.mode, epochs=tuple(s.epochs)) for s in c.stages]  # as a file may
+  validate.check(c, 1)  # used to fail later with AttributeError: 'dict' object has no 'mode'
+  assert [s.mode for s in c.stages] == ["L", "LCD"]
+  c.stages = ["LCD"]
+  with pytest.raises(validate.ConfigError, match=r"stages\[0\].*dict\(mode"):
     validate.check(c, 1)
 
 
