@@ -122,13 +122,17 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+def dataset_keys(data: ml_collections.ConfigDict) -> list[str]:
+  """The keys of config.data that name a dataset and are set (path, tfds_name, mixture)."""
+  return [k for k in ("path", "tfds_name", "mixture") if data[k]]
+
+
 def with_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
   """Applies a config file's argument (`--config=FILE:arg`): '' for the file as is, 'smoke'."""
   if not arg:
     return c
   if arg == "smoke":
-    if c.data.source in ("folder", "dicom", "tfds", "mixture") and not (
-        c.data.path or c.data.tfds_name or c.data.mixture):
+    if c.data.source in ("folder", "dicom", "tfds", "mixture") and not dataset_keys(c.data):
       c.data.source, c.data.channels = "phantom", 1  # no dataset given: the embedded phantom
     return smoke(c)
   raise ValueError(f"unknown config argument {arg!r}; allowed: '' or 'smoke'")

@@ -58,13 +58,14 @@ def build(args: argparse.Namespace) -> tuple[str, "tfds.core.DatasetBuilder", st
   settings = {k: getattr(args, k) for k in SETTINGS}
   settings["path"] = os.path.abspath(args.path) if args.path else ""  # ./x and /abs/x alike
   name, make = _builder_factory(args)
-  final = make(args.data_dir).data_dir
+  builder = make(args.data_dir)
+  final = builder.data_dir
   aside = final + ".replaced"
   if not os.path.exists(final) and os.path.isdir(aside):  # killed between the two renames
     os.replace(aside, final)
+    builder = make(args.data_dir)  # one that reads the restored dataset's info
   if os.path.exists(final) and not args.overwrite:
     _check_settings(final, settings, name)
-    builder = make(args.data_dir)
     builder.download_and_prepare()  # reads the finished dataset's info; writes nothing
     return name, builder, final
   tmp_root = os.path.join(args.data_dir, ".adam_prepare_tmp", name.replace("/", "__"))

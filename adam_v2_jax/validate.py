@@ -102,7 +102,7 @@ def check_values(config, device_count: int):
   if d.source in ("folder", "dicom") and not d.path:
     _fail("data.path", d.path, f"data.source={d.source!r} needs a dataset: pass "
           "--config.data.path=/path/to/images (or use a :smoke/demo config for the phantom)")
-  given = [k for k in ("path", "tfds_name", "mixture") if d[k]]
+  given = configlib.dataset_keys(d)
   if d.source == "phantom" and given:  # e.g. FILE:smoke, which chose the phantom, + a dataset
     _fail("data.source", d.source, f"the phantom would ignore the dataset given in "
           f"data.{given[0]}: pass --config.data.source=folder|dicom|tfds|mixture too (a :smoke "

@@ -97,11 +97,9 @@ def _grey_to_unit(arr: np.ndarray, ds, normalize: str) -> np.ndarray:
   else:
     lo, hi = _rescale(ds, lo), _rescale(ds, hi)
   has_lut = bool(ds.get("VOILUTSequence"))
+  # A width of 0 (or less) is no window (the standard wants >= 1; some writers put 0): the image
+  # is read as if it had none, rather than skipped.
   has_window = ds.get("WindowCenter") is not None and _first(ds.get("WindowWidth")) > 0
-  if ds.get("WindowWidth") is not None and not has_window and not has_lut:
-    # A width of 0 (or less) is no window (the standard wants >= 1; some writers put 0): the
-    # image is read as if it had none, rather than skipped.
-    del ds.WindowWidth
   if has_lut or has_window:
     if has_lut:
       if not np.issubdtype(values.dtype, np.integer):
