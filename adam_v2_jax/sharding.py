@@ -4,23 +4,40 @@ Data parallelism over one mesh axis 'data': parameters replicated, every batch a
 its leading (anchor) axis. Statistics over the batch axis (BatchNorm, the teacher center) are then
 global-batch statistics under jit, whatever the number of hosts.
 """
+import itertools
+
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 DATA = "data"
+_CHECKS = itertools.count()
 
 
 def make_mesh(devices=None) -> Mesh:
-  """A 1-D mesh over all devices (all hosts). On multi-slice TPU pods the devices are ordered slice
-  by slice so the data axis spans the slices (DCN) outermost."""
+  """A 1-D mesh over all devices (all hosts), each host's devices one contiguous block.
+
+  On multi-slice TPU pods the devices are ordered slice by slice so the data axis spans the slices
+  (DCN) outermost. jax.make_mesh orders a TPU slice's devices as a ring through the torus, which
+  interleaves hosts (a v4-32 gives hosts 0,1,2,3,0,1,...); every host must feed one contiguous
+  block of the batch (process_slice), so the order is then stably regrouped host by host, keeping
+  the physical order within each host.
+  """
   devices = jax.devices() if devices is None else devices
   if len({getattr(d, "slice_index", 0) for d in devices}) > 1:
     from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
     n_slices = len({d.slice_index for d in devices})
     grid = mesh_utils.create_hybrid_device_mesh((len(devices) // n_slices,), (n_slices,), devices)
-    return Mesh(grid.reshape(-1), (DATA,), axis_types=(AxisType.Auto,))
-  return jax.make_mesh((len(devices),), (DATA,), axis_types=(AxisType.Auto,), devices=devices)
+  else:
+    grid = jax.make_mesh((len(devices),), (DATA,), axis_types=(AxisType.Auto,),
+                         devices=devices).devices
+  order = host_contiguous(list(grid.reshape(-1)))
+  return Mesh(np.asarray(order), (DATA,), axis_types=(AxisType.Auto,))
+
+
+def host_contiguous(devices: list) -> list:
+  """`devices` stably sorted by (slice, process): each host's devices adjacent, in given order."""
+  return sorted(devices, key=lambda d: (getattr(d, "slice_index", 0) or 0, d.process_index))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -71,3 +88,23 @@ def barrier(name: str, timeout_s: int = 3600):
     return
   from jax._src import distributed  # pylint: disable=g-import-not-at-top
   distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
+
+
+def check_same_on_every_process(name: str, value: str, timeout_s: int = 600):
+  """Raises ValueError on every process when the processes' `value`s differ (a no-op alone).
+
+  Through the coordination service's key-value store, like barrier. `name` says what is compared
+  (it is part of the key and of the message).
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  client = distributed.global_state.client
+  key = f"adam_v2_jax/same/{name}/{next(_CHECKS)}"  # every process counts its checks alike
+  client.key_value_set(f"{key}/{jax.process_index()}", value)
+  values = [client.blocking_key_value_get(f"{key}/{p}", timeout_s * 1000)
+            for p in range(jax.process_count())]
+  if len(set(values)) > 1:
+    raise ValueError(f"{name} differs between processes: " + ", ".join(
+        f"process {p} has {v}" for p, v in enumerate(values)) + "; every host must read the same "
+        "data (the same files, readable everywhere)")

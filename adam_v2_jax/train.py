@@ -71,6 +71,8 @@ def _run(config, workdir: str) -> dict:
   global_batch = config.per_device_batch * jax.device_count()
   rows = sharding.process_slice(mesh, global_batch)
   source = pipeline.source_for(config)
+  sharding.check_same_on_every_process(  # else hosts split different lists: records lost or
+      "dataset", f"{len(source)} records, digest {pipeline.fingerprint(source)}")  # fed twice
   spe = pipeline.steps_per_epoch(config, len(source), global_batch)
   segments = plan(config, spe)
   total = segments[-1].start + segments[-1].steps

@@ -33,3 +33,21 @@ def test_two_processes_match_one_process(request, tmp_path):
   reference = request.getfixturevalue("reference")  # asked for last: made meanwhile elsewhere
   for a, b in zip(final_teacher(two), final_teacher(reference)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_hosts_reading_different_data_fail_before_any_step(tmp_path):
+  """Hosts that list different records would split them wrongly: lost or repeated anchors."""
+  port = _free_port()
+  procs = [subprocess.Popen(
+      main_cmd(str(tmp_path / "w"), f"--coordinator_address=localhost:{port}",
+               "--num_processes=2", f"--process_id={i}",
+               f"--config.data.phantom_count={64 + 8 * i}"),  # host 1 sees 8 more records
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env=run_env(XLA_FLAGS=xla_flags(devices=2)))
+           for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):  # both say so, before any step was planned
+    assert p.returncode != 0
+    assert "dataset differs between processes: process 0 has 64 records" in err
+    assert "process 1 has 72 records" in err
+    assert "stage 1/" not in err

@@ -208,3 +208,18 @@ def test_workers_give_the_same_batches_and_resume():
   assert len(rest) == len(ref) - 3
   for a, b in zip(rest, ref[3:]):
     _equal(a, b)
+
+
+def test_fingerprint_tells_record_lists_apart():
+  class Files:  # a source's interface: len and ids
+    def __init__(self, ids):
+      self.ids = list(ids)
+
+    def __len__(self):
+      return len(self.ids)
+
+  fp = pipeline.fingerprint
+  assert fp(Files(["a.png", "b.png"])) == fp(Files(["a.png", "b.png"]))
+  assert fp(Files(["a.png", "b.png"])) != fp(Files(["a.png", "c.png"]))  # same count, other file
+  assert fp(phantom.PhantomSource(seed=0, count=8, size=64)) != fp(
+      phantom.PhantomSource(seed=0, count=9, size=64))

@@ -16,6 +16,7 @@ on; the stand-in draws a fresh anchor, not a copy of its own); the anchor counts
 skipped for it in 'skipped', and the first few bad records are logged with their id and reason.
 """
 import dataclasses
+import hashlib
 import threading
 
 from absl import flags
@@ -41,6 +42,24 @@ def source_for(config):
                                  size=data.phantom_size)
   from adam_v2_jax.data import sources  # pylint: disable=g-import-not-at-top
   return sources.make_source(data)
+
+
+def fingerprint(source) -> str:
+  """A short digest of a source's record list (kinds, lengths, ids, mixture counts): equal on
+  every host that reads the same data, so hosts can check before they split the records."""
+  h = hashlib.sha256()
+
+  def walk(src):
+    for inner in getattr(src, "sources", None) or ():
+      walk(inner)
+    if hasattr(src, "source"):
+      walk(src.source)
+    h.update(f"{type(src).__name__}:{len(src)}:{list(getattr(src, 'counts', []))};".encode())
+    for i in getattr(src, "ids", ()):
+      h.update(f"{i}\n".encode())
+
+  walk(source)
+  return h.hexdigest()[:16]
 
 
 def steps_per_epoch(config, num_records: int, global_batch: int) -> int:
