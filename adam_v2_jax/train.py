@@ -70,6 +70,10 @@ def _run(config, workdir: str) -> dict:
   mesh = sharding.make_mesh()
   global_batch = config.per_device_batch * jax.device_count()
   rows = sharding.process_slice(mesh, global_batch)
+  if (rows[1] - rows[0]) * jax.process_count() != global_batch:  # the pipeline splits evenly
+    raise ValueError(f"process {jax.process_index()} has {jax.local_device_count()} of "
+                     f"{jax.device_count()} devices over {jax.process_count()} processes; every "
+                     "process needs the same number of devices")
   source = pipeline.source_for(config)
   sharding.check_same_on_every_process(  # else hosts split different lists: records lost or
       "dataset", f"{len(source)} records, digest {pipeline.fingerprint(source)}")  # fed twice

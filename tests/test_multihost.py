@@ -51,3 +51,19 @@ def test_hosts_reading_different_data_fail_before_any_step(tmp_path):
     assert "dataset differs between processes: process 0 has 64 records" in err
     assert "process 1 has 72 records" in err
     assert "stage 1/" not in err
+
+
+def test_processes_with_unequal_device_counts_fail_clearly(tmp_path):
+  port = _free_port()
+  procs = [subprocess.Popen(
+      main_cmd(str(tmp_path / "w"), f"--coordinator_address=localhost:{port}",
+               "--num_processes=2", f"--process_id={i}",
+               "--config.per_device_batch=2"),  # 6 anchors: 3 per process, but 4 + 2 rows
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env=run_env(XLA_FLAGS=xla_flags(devices=2 - i)))  # 2 devices, then 1
+           for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for i, (p, (_, err)) in enumerate(zip(procs, outs)):
+    assert p.returncode != 0
+    assert (f"process {i} has {2 - i} of 3 devices over 2 processes; every process needs the "
+            "same number of devices") in err
