@@ -208,3 +208,43 @@ def test_drop_path_is_stochastic_only_in_training():
   assert set(np.unique(y).tolist()) == {0.0, 2.0} and abs(float(jnp.mean(y)) - 1) < 0.1
   assert dp.apply({}, ones, False) is ones                # identity in eval mode
   assert layers.drop_path_rates(0.3, 4) == pytest.approx((0.0, 0.1, 0.2, 0.3))
+
+
+def test_bfloat16_convnext_block_keeps_its_layer_scaled_branch():
+  # gamma starts at 1e-6: a bfloat16 residual add (~3 significant digits) dropped the branch.
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 16))
+  blk = models.convnext.ConvNeXtBlock(dtype=jnp.bfloat16, depthwise_impl="conv")
+  v = blk.init(jax.random.PRNGKey(1), x, False)
+  zero = jax.tree.map(lambda a: a, v)
+  zero["params"]["gamma"] = jnp.zeros_like(v["params"]["gamma"])
+  out, base = blk.apply(v, x, False), blk.apply(zero, x, False)
+  assert out.dtype == jnp.float32
+  ref = models.convnext.ConvNeXtBlock(depthwise_impl="conv")
+  want = ref.apply(v, x, False) - ref.apply(zero, x, False)  # the branch in float32, ~1e-6
+  # bfloat16 branch math: ~1 % off; dropped, as before, it is 100 % off
+  assert np.linalg.norm((out - base) - want) < 0.05 * np.linalg.norm(want)
+
+
+def test_bfloat16_vit_keeps_a_float32_residual_stream():
+  # A large constant in the position embedding: the final LayerNorm removes it, so only the
+  # stream's rounding of it shows. A bfloat16 stream rounds |x| ~ 64 to steps of 0.25-0.5.
+  v = random_variables("tiny_vit")
+  v["params"]["pos_embed"] = v["params"]["pos_embed"] + 64.0
+  ref = _features("tiny_vit")(v, X)
+  out = _features("tiny_vit", jnp.bfloat16)(v, X)
+  assert np.linalg.norm(out - ref) < 0.1 * np.linalg.norm(ref)
+
+
+def test_bfloat16_depthwise_shift_sums_its_taps_in_float32():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 7, 6))
+  k = jax.random.normal(jax.random.PRNGKey(1), (7, 7, 1, 6))
+  ref = layers.depthwise_conv_shift(x, k, 3)  # float32
+  err = {}
+  for name, fn in (("shift", lambda a, b: layers.depthwise_conv_shift(a, b, 3)),
+                   ("conv", lambda a, b: jax.lax.conv_general_dilated(
+                       a, b, (1, 1), layers.torch_padding(3),
+                       dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=6))):
+    out = fn(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16))
+    assert out.dtype == jnp.bfloat16
+    err[name] = float(np.max(np.abs(out.astype(jnp.float32) - ref)) / np.max(np.abs(ref)))
+  assert err["shift"] < 2 * err["conv"] + 1e-3, err  # was 4x the library conv's

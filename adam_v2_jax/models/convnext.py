@@ -20,7 +20,9 @@ def _dense(features: int, dtype, name: str) -> nn.Dense:
 
 
 class ConvNeXtBlock(nn.Module):
-  """dwconv7x7 -> LN -> Linear(4C) -> GELU -> Linear(C) -> layer scale gamma -> drop path + x."""
+  """dwconv7x7 -> LN -> Linear(4C) -> GELU -> Linear(C) -> layer scale gamma -> drop path + x.
+
+  x: [N,H,W,C] any float dtype -> float32 [N,H,W,C] (the branch computes in `dtype`)."""
   drop_path: float = 0.0
   ls_init_value: float = 1e-6
   dtype: Any = jnp.float32
@@ -35,9 +37,11 @@ class ConvNeXtBlock(nn.Module):
     y = layers.gelu(y)
     y = _dense(c, self.dtype, "mlp_fc2")(y)
     gamma = self.param("gamma", nn.initializers.constant(self.ls_init_value), (c,), jnp.float32)
-    y = y * gamma.astype(self.dtype)
+    # The residual stream stays float32 (as under torch autocast, where the float32 gamma
+    # promotes): in bfloat16 a branch scaled by gamma = 1e-6 would vanish in x + y.
+    y = y.astype(jnp.float32) * gamma
     y = layers.DropPath(self.drop_path, name="drop_path")(y, train)
-    return x + y
+    return x.astype(jnp.float32) + y
 
 
 class ConvNeXt(nn.Module):

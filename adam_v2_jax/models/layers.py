@@ -184,15 +184,17 @@ def resolve_depthwise_impl(impl: str, channels: int | None = None) -> str:
 
 
 def _shift_sum(xp: jax.Array, kernel: jax.Array, h: int, w: int) -> jax.Array:
-  """sum_ij xp[:, i:i+h, j:j+w] * kernel[i, j, 0]: [N,H',W',C] (one fused loop in XLA)."""
+  """sum_ij xp[:, i:i+h, j:j+w] * kernel[i, j, 0]: [N,H',W',C] in xp's dtype, summed in float32
+  at least (one fused loop in XLA)."""
   k = kernel.shape[0]
+  acc = jnp.promote_types(xp.dtype, jnp.float32)  # k*k terms: bfloat16 sums lose ~3 bits
   out = None
   for i in range(k):
     rows = xp[:, i:i + h]
     for j in range(k):
-      term = rows[:, :, j:j + w] * kernel[i, j, 0]
+      term = (rows[:, :, j:j + w] * kernel[i, j, 0]).astype(acc)
       out = term if out is None else out + term
-  return out
+  return out.astype(xp.dtype)
 
 
 def _pad_hw(x: jax.Array, padding: int) -> jax.Array:

@@ -22,7 +22,9 @@ def _dense(features: int, dtype, name: str) -> nn.Dense:
 
 
 class Block(nn.Module):
-  """x + attn(norm1(x)); x + mlp(norm2(x)), with drop path on both branches."""
+  """x + attn(norm1(x)); x + mlp(norm2(x)), with drop path on both branches.
+
+  x: [N,L,D] -> float32 [N,L,D] (the residual stream; the branches compute in `dtype`)."""
   num_heads: int
   mlp_ratio: float = 4.0
   drop_path: float = 0.0
@@ -40,11 +42,13 @@ class Block(nn.Module):
     attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
     y = jnp.einsum("nhqk,nkhd->nqhd", attn, v).reshape(n, length, dim)
     y = _dense(dim, self.dtype, "attn_proj")(y)
-    x = x + layers.DropPath(self.drop_path, name="drop_path1")(y, train)
+    # Residual stream in float32, as under torch autocast (the adds are float32 there).
+    x = x.astype(jnp.float32) + layers.DropPath(self.drop_path, name="drop_path1")(
+        y.astype(jnp.float32), train)
     y = layers.LayerNorm(dtype=self.dtype, name="norm2")(x)
     y = _dense(int(dim * self.mlp_ratio), self.dtype, "mlp_fc1")(y)
     y = _dense(dim, self.dtype, "mlp_fc2")(layers.gelu(y))
-    return x + layers.DropPath(self.drop_path, name="drop_path2")(y, train)
+    return x + layers.DropPath(self.drop_path, name="drop_path2")(y.astype(jnp.float32), train)
 
 
 def resample_pos_embed(pos: jax.Array, grid_h: int, grid_w: int) -> jax.Array:
@@ -81,8 +85,8 @@ class VisionTransformer(nn.Module):
     cls = self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, d), jnp.float32)
     pos = self.param("pos_embed", layers.trunc_normal(0.02), (1, 1 + g * g, d), jnp.float32)
     pos = resample_pos_embed(pos, gh, gw)
-    x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (n, 1, d)), x], axis=1)
-    x = x + pos.astype(self.dtype)
+    x = jnp.concatenate([jnp.broadcast_to(cls, (n, 1, d)), x.astype(jnp.float32)], axis=1)
+    x = x + pos  # float32: the residual stream (Block)
     rates = layers.drop_path_rates(self.drop_path, self.depth)
     for i in range(self.depth):
       x = Block(self.num_heads, self.mlp_ratio, rates[i], self.dtype, name=f"blocks_{i}")(x, train)
