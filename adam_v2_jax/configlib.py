@@ -22,6 +22,9 @@ def base_config() -> ml_collections.ConfigDict:
       head_hidden_dim=2048,
       head_bottleneck_dim=256,
       head_bn=False,             # batch-standardise the DINO head's hidden layers (use_bn_in_head)
+      bn_groups="size",          # backbone BatchNorm statistics per view size (one call per size)
+                                 # | view (the released code's calls: each 224 px view of stage
+                                 # LCD alone, the local views together)
       drop_path=0.0,             # stochastic depth (0 in the released recipe)
       init_from="",              # a timm/torchvision state_dict (.pth/.safetensors) to start from
   ))

@@ -68,6 +68,22 @@ class Networks:
       return feat, {"backbone": updates["batch_stats"]}
     return net.apply(variables, x, train=train, rngs=rngs), batch_stats
 
+  def features_per_view(self, params, batch_stats, x, *, rng=None, teacher=False):
+    """g of each view with its own BatchNorm statistics, as separate backbone calls would take.
+
+    x: [B, V, H, W, 3] -> (float32[V, B, D], new batch_stats). Training mode; the running
+    statistics move by the mean of the views' updates. rng: split per view (stochastic depth).
+    """
+    if not batch_stats:  # no BatchNorm: one call is the same computation
+      feat, _ = self.features(params, batch_stats, x.reshape((-1,) + x.shape[2:]), rng=rng,
+                              teacher=teacher)
+      return feat.reshape(x.shape[0], x.shape[1], -1).transpose(1, 0, 2), batch_stats
+    keys = None if rng is None else jax.random.split(rng, x.shape[1])
+    feat, stats = jax.vmap(
+        lambda v, k: self.features(params, batch_stats, v, rng=k, teacher=teacher),
+        in_axes=(1, None if keys is None else 0))(x, keys)
+    return feat, jax.tree.map(lambda s: jnp.mean(s, axis=0), stats)
+
   def localizability(self, params, feat):
     """h_L: float32[N, D] -> float32[N, K] logits."""
     return self.head_l.apply({"params": params["head_l"]}, feat)

@@ -52,6 +52,9 @@ def make_train_step(config, nets: model_lib.Networks, layout: layout_lib.ViewLay
     raise ValueError("stage LCD's teacher must see x0 only")
   w_l, w_c, w_d = (float(w) for w in config.loss.weights)
   use_c, use_d = lcd and w_c != 0.0, lcd and w_d != 0.0
+  # BatchNorm statistics per 224 px view in stage LCD (stage L's two global crops share one call
+  # in the released code too, as DINO's multi-crop wrapper makes it).
+  per_view = lcd and config.model.get("bn_groups", "size") == "view"
   v = config.views
   dtype = model_lib.compute_dtype(config.model.dtype)
 
@@ -65,19 +68,28 @@ def make_train_step(config, nets: model_lib.Networks, layout: layout_lib.ViewLay
     temp = sched.teacher_temperature(step)
     views = [render_group(batch, size, idx) for size, idx in groups]
 
-    # Teacher: one backbone call for all its views; x0's features serve h_L and composability.
-    t_feat, t_stats = nets.features(state.teacher, state.teacher_batch_stats,
-                                    _flat(views[0][:, t_pos]), train=True, teacher=True)
-    t_feat = jax.lax.stop_gradient(_per_view(t_feat, len(t_pos)))  # [Vt (+ n), B, D]
+    # Teacher: its views in one backbone call (or one per view, bn_groups='view'); x0's features
+    # serve h_L and composability.
+    if per_view:
+      t_feat, t_stats = nets.features_per_view(state.teacher, state.teacher_batch_stats,
+                                               views[0][:, t_pos], teacher=True)
+    else:
+      t_feat, t_stats = nets.features(state.teacher, state.teacher_batch_stats,
+                                      _flat(views[0][:, t_pos]), train=True, teacher=True)
+      t_feat = _per_view(t_feat, len(t_pos))
+    t_feat = jax.lax.stop_gradient(t_feat)  # [Vt (+ n), B, D]
     n_t = len(layout.teacher)
     t_logits = jax.lax.stop_gradient(nets.localizability(state.teacher, t_feat[:n_t]))
 
     def loss_fn(params):
       stats, feats = state.batch_stats, {}
       for g, (_, idx) in enumerate(groups):  # one student call per view size
-        f, stats = nets.features(params, stats, _flat(views[g]), train=True,
-                                 rng=jax.random.fold_in(rng, g))
-        f = _per_view(f, len(idx))
+        key = jax.random.fold_in(rng, g)
+        if per_view and g == 0:  # the released code's calls: each 224 px view alone
+          f, stats = nets.features_per_view(params, stats, views[g], rng=key)
+        else:
+          f, stats = nets.features(params, stats, _flat(views[g]), train=True, rng=key)
+          f = _per_view(f, len(idx))
         feats.update({view: f[j] for j, view in enumerate(idx)})
       s_logits = nets.localizability(params, jnp.stack([feats[i] for i in layout.student]))
       loss_l = losses.localizability_loss(s_logits, t_logits, state.center,

@@ -11,6 +11,7 @@ from adam_v2_jax import configlib
 from adam_v2_jax import layout as layout_lib
 from adam_v2_jax.data import sampling
 
+BN_GROUPS = ("size", "view")
 DTYPES = ("auto", "float32", "bfloat16")
 SOURCES = ("phantom", "folder", "dicom", "tfds", "mixture")
 NORMALIZE = ("per_part", "joint")
@@ -92,6 +93,8 @@ def check_values(config, device_count: int):
     _fail("model.backbone", m.backbone, f"allowed: {list(registry.NAMES)}")
   if m.dtype not in DTYPES:
     _fail("model.dtype", m.dtype, f"allowed: {list(DTYPES)}")
+  if m.get("bn_groups", "size") not in BN_GROUPS:
+    _fail("model.bn_groups", m.bn_groups, f"allowed: {list(BN_GROUPS)}")
   if m.out_dim < MIN_OUT_DIM:
     _fail("model.out_dim", m.out_dim, f"must be >= {MIN_OUT_DIM} (the released recipe uses "
           "65536); a tiny output makes the localizability head collapse")

@@ -98,6 +98,7 @@ def _cfg(**changes):
     ({"model.backbone": "resnet51"}, ["model.backbone", "resnet51", "resnet50"]),
     ({"model.out_dim": 8}, ["model.out_dim", "8", ">= 64"]),
     ({"model.dtype": "float16"}, ["model.dtype", "float16", "bfloat16"]),
+    ({"model.bn_groups": "part"}, ["model.bn_groups", "part", "view"]),
     ({"per_device_batch": 0}, ["per_device_batch", "0", ">= 1"]),
     ({"stages": []}, ["stages", "at least one stage"]),
     ({"loss.decompose_normalize": "both"}, ["loss.decompose_normalize", "both", "per_part"]),

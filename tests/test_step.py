@@ -163,3 +163,35 @@ def test_stochastic_depth_in_the_student_only():
   np.testing.assert_allclose(t1, want, rtol=1e-6)
   s1, _ = nets.features(params, {}, x, train=True, rng=jax.random.key(1))
   assert not np.allclose(s1, want, atol=1e-4)   # the student's path does drop
+
+
+def test_per_view_batchnorm_equals_separate_backbone_calls():
+  c = tiny()
+  nets = model_lib.build_networks(c)
+  params, stats = nets.init_params(jax.random.key(0), "LCD", 32)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 32, 32, 3)), jnp.float32)
+  feat, new = jax.jit(nets.features_per_view)(params, stats, x)
+  one = jax.jit(lambda v: nets.features(params, stats, v))
+  each = [one(x[:, v]) for v in range(3)]
+  for v, (f, _) in enumerate(each):
+    # batch 2 at 1 x 1 px in the last stage: BatchNorm magnifies float rounding (vmap's batched
+    # convs add differently), so a relative tolerance of the features' scale
+    np.testing.assert_allclose(feat[v], f, atol=5e-3 * np.max(np.abs(f)))
+  for a, *bs in zip(jax.tree.leaves(new), *[jax.tree.leaves(s) for _, s in each]):
+    np.testing.assert_allclose(a, np.mean(bs, axis=0), rtol=1e-4, atol=1e-6)
+  joint, _ = one(x.reshape((6, 32, 32, 3)))  # pooled statistics: other features
+  pooled = joint.reshape(2, 3, -1).transpose(1, 0, 2)
+  assert np.max(np.abs(pooled - feat)) > 0.1 * np.max(np.abs(feat))
+
+
+def test_bn_groups_view_changes_the_lcd_step_only_through_batchnorm():
+  c = tiny()
+  batch = helpers.synthetic_batch(c, "LCD", BATCH, seed=3)
+  losses = {}
+  for groups in ("size", "view"):
+    c.model.bn_groups = groups
+    fn, state, mesh = make(c, "LCD")
+    batch["poison"] = np.zeros(BATCH, bool)
+    _, m = fn(state, sharding.global_batch(batch, mesh), jax.random.key(0))
+    losses[groups] = float(m["loss"])
+  assert np.isfinite(losses["view"]) and losses["view"] != losses["size"]
