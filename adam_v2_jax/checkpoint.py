@@ -23,6 +23,10 @@ class Unreadable(RuntimeError):
   """A checkpoint failed to restore; it has been moved aside."""
 
 
+class NoCheckpointLeft(RuntimeError):
+  """Every checkpoint of a workdir was unreadable: starting over would overwrite the run."""
+
+
 class Checkpointer:
   """Saves and restores (state, position, data iterator) at global steps."""
 
@@ -101,6 +105,13 @@ class Checkpointer:
         return step, self.position(step)
       except Exception as e:  # pylint: disable=broad-except
         self.set_aside(step, e)
+    aside = os.path.join(self.workdir, "corrupt_checkpoints")
+    if os.path.isdir(aside) and os.listdir(aside):
+      raise NoCheckpointLeft(
+          f"no readable checkpoint is left in {self.directory}; the unreadable ones are in "
+          f"{aside} (nothing was deleted). A fresh start would overwrite this run's metrics: "
+          f"after a passing storage error move them back into {self.directory}; to start over, "
+          f"delete {aside} (or use a new --workdir)")
     return None
 
   def set_aside(self, step: int, error: Exception):

@@ -53,7 +53,10 @@ class Watch:
 
   def log(self, global_step: int, metrics: dict, past_warmup: bool):
     """Checks logged metrics for collapse; warns once per run with the remedies."""
-    if not past_warmup or self.warned:
+    if not past_warmup:  # "in a row" means within one stretch past a warm-up
+      self._suspect = 0
+      return
+    if self.warned:
       return
     ent = metrics["teacher_entropy"]
     uniform = ent > self.UNIFORM * self.log_k

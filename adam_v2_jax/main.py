@@ -2,7 +2,7 @@
 
   python -m adam_v2_jax.main --config=configs/demo.py --workdir=/tmp/demo
   python -m adam_v2_jax.main --config=configs/cxr_convnext.py:smoke --workdir=/tmp/smoke
-  python -m adam_v2_jax.main --config=configs/cxr_resnet50.py --workdir=gs://b/run \
+  python -m adam_v2_jax.main --config=configs/cxr_resnet50.py --workdir=/mnt/gcs/run \
       --config.data.path=/data/cxr14/images --config.data.split_file=/data/cxr14/train_val_list.txt
 """
 import os
@@ -58,18 +58,17 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   init_distributed()
   import jax  # pylint: disable=g-import-not-at-top
-  from adam_v2_jax import health, train, validate  # pylint: disable=g-import-not-at-top
+  from adam_v2_jax import checkpoint, health, train, validate  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
   try:
     validate.check(config, jax.device_count(), _WORKDIR.value)
-  except validate.ConfigError as e:
+    logging.info("process %d/%d, backend %s", jax.process_index(), jax.process_count(),
+                 jax.default_backend())
+    result = train.run(config, _WORKDIR.value)
+  except (validate.ConfigError, checkpoint.NoCheckpointLeft) as e:  # before any step
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  logging.info("process %d/%d, backend %s", jax.process_index(), jax.process_count(),
-               jax.default_backend())
-  try:
-    result = train.run(config, _WORKDIR.value)
   except health.Diverged as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)

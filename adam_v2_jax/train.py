@@ -24,6 +24,7 @@ from adam_v2_jax import schedules
 from adam_v2_jax import sharding
 from adam_v2_jax import state as state_lib
 from adam_v2_jax import step as step_lib
+from adam_v2_jax import validate
 from adam_v2_jax.data import pipeline
 
 
@@ -87,6 +88,8 @@ def _run(config, workdir: str) -> dict:
 
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
   resume = ckpt.latest_good_position()
+  if resume:  # before anything is written (the metrics writer trims to the checkpoint)
+    check_resume_position(*resume, segments, global_batch, ckpt.directory)
   writer = metrics_lib.MetricWriter(workdir, total, resume_step=resume[0] if resume else 0)
   watch = health.Watch(config.max_bad_steps, config.model.out_dim)
   stop = preemption.Preemption()
@@ -164,9 +167,37 @@ def _stage_state(config, nets, tx, rng, mode, mesh, prev):
       mesh, lambda p, r: state_lib.next_stage_state(p, nets, tx, r, mode), prev, rng)[0]
 
 
-def _position(seg: Segment, done: int) -> dict:
+def _position(seg: Segment, done: int, global_batch: int) -> dict:
   return {"global_step": seg.start + done, "stage": seg.stage, "mode": seg.mode,
-          "level": seg.level, "level_step": done, "stage_step": seg.start - seg.stage_start + done}
+          "level": seg.level, "level_step": done, "stage_step": seg.start - seg.stage_start + done,
+          "global_batch": global_batch}
+
+
+def check_resume_position(step: int, position: dict, segments: list[Segment], global_batch: int,
+                          where: str):
+  """validate.ConfigError unless checkpoint `step` sits where this run's plan puts that step.
+
+  The plan follows the global batch (per_device_batch x devices sets the steps per epoch), so
+  another device count moves every level's steps: the run would go on at another level, with the
+  data state of the saved one, and with a learning rate scaled to another batch.
+  """
+  saved = position.get("global_batch")  # checkpoints before 2026-12-03 lack it
+  if saved is not None and saved != global_batch:
+    raise validate.ConfigError(
+        f"checkpoint {step} in {where} was written with a global batch of {saved} anchors; this "
+        f"run has {global_batch} (per_device_batch x {jax.device_count()} devices). Resume with "
+        "the same per_device_batch x devices, or use a new --workdir")
+  seg = next((s for s in segments if s.start < step <= s.start + s.steps), None)
+  keys = ("stage", "level", "level_step")
+  if seg is None or any(position.get(k) != _position(seg, step - seg.start, 0)[k] for k in keys):
+    now = ("past its end" if seg is None
+           else f"stage {seg.stage}, level {seg.level}, step {step - seg.start}")
+    raise validate.ConfigError(
+        f"checkpoint {step} in {where} is at stage {position.get('stage')}, level "
+        f"{position.get('level')}, step {position.get('level_step')} of the level, but this "
+        f"run's plan puts global step {step} at {now}: the global batch (per_device_batch x "
+        "devices) or the steps per epoch changed. Resume as the run was started, or use a new "
+        "--workdir")
 
 
 def _run_segment(config, seg, state, step_fn, it, done, mesh, root_key, ckpt, writer, watch,
@@ -199,19 +230,27 @@ def _run_segment(config, seg, state, step_fn, it, done, mesh, root_key, ckpt, wr
                     rate=n_log * global_batch / (time.perf_counter() - t_log) if n_log else None)
       pending, t_log, n_log = None, time.perf_counter(), 0
     if (g + 1) % config.checkpoint_every == 0 and k < seg.steps - 1:
-      ckpt.save(g + 1, state, _position(seg, k + 1), it)
+      ckpt.save(g + 1, state, _position(seg, k + 1, global_batch), it)
     if (jax.process_count() == 1 or (g + 1) % 10 == 0) and stop.requested():
       if pending is not None:
         last = _check(pending, watch, ckpt, config, sched, seg, writer)
-      ckpt.save(g + 1, state, _position(seg, k + 1), it)
-      ckpt.wait()
-      logging.warning("preempted: checkpoint of step %d saved in %s; run the same command again "
-                      "to resume", g + 1, ckpt.directory)
-      return state, {**last, "preempted": True, "step": g + 1}
+      ckpt.save(g + 1, state, _position(seg, k + 1, global_batch), it)
+      return state, _preempted(ckpt, last, g + 1)
   if pending is not None:
     last = _check(pending, watch, ckpt, config, sched, seg, writer)
-  ckpt.save(seg.start + seg.steps, state, _position(seg, seg.steps), it)
+  end = seg.start + seg.steps
+  ckpt.save(end, state, _position(seg, seg.steps, global_batch), it)
+  if stop.requested():  # a SIGTERM during the last step's save: stop before the next compile
+    return state, _preempted(ckpt, last, end)
   return state, last
+
+
+def _preempted(ckpt, last: dict, step: int) -> dict:
+  """Waits for checkpoint `step` on disk; the run's result after a SIGTERM."""
+  ckpt.wait()
+  logging.warning("preempted: checkpoint of step %d saved in %s; run the same command again to "
+                  "resume", step, ckpt.directory)
+  return {**last, "preempted": True, "step": step}
 
 
 def _check(pending, watch, ckpt, config, sched, seg, writer, log=False, rate=None):

@@ -207,6 +207,10 @@ def check_mixture(entries):
 
 
 def check_workdir(workdir: str):
+  if "://" in workdir:  # os.path would turn gs://b/run into a local ./gs:/b/run, lost with the VM
+    raise ConfigError(f"--workdir {workdir!r}: a URL; the run writes its checkpoints, metrics and "
+                      "config through the local file system. Mount the bucket (gcsfuse, as "
+                      "launch/tpu_vm.sh does) and give the mounted path, e.g. /mnt/gcs/run")
   try:
     os.makedirs(workdir, exist_ok=True)
     with tempfile.TemporaryFile(dir=workdir):

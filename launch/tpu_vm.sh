@@ -105,7 +105,7 @@ curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | \
 sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null && \
 sudo apt-get update -qq && sudo apt-get install -y -qq gcsfuse; fi; \
 sudo mkdir -p /mnt/gcs/$b && sudo chown \$USER /mnt/gcs/$b && \
-(mountpoint -q /mnt/gcs/$b || gcsfuse --implicit-dirs $b /mnt/gcs/$b)"
+(mountpoint -q /mnt/gcs/$b || gcsfuse --implicit-dirs --rename-dir-limit=100000 $b /mnt/gcs/$b)"
   else
     printf 'true'
   fi

@@ -59,6 +59,16 @@ def test_no_warning_during_warmup_or_when_interrupted(warnings):
   assert not warnings
 
 
+def test_a_stage_warm_up_breaks_the_run_of_suspect_logs(warnings):
+  w = health.Watch(max_bad_steps=5, out_dim=K, patience=3)
+  _log(w, [0.99 * LOG_K] * 2)                            # the end of stage L: two suspect logs
+  _log(w, [0.99 * LOG_K] * 2, past_warmup=False)         # the next stage's warm-up
+  _log(w, [0.99 * LOG_K])                                # one after it: not three in a row
+  assert not warnings
+  _log(w, [0.99 * LOG_K] * 2)
+  assert len(warnings) == 1
+
+
 def test_non_finite_step_warns_and_too_many_raise(warnings):
   w = health.Watch(max_bad_steps=3, out_dim=K)
   w.step(10, _metrics(2.0, finite=0.0, bad_steps=1, loss_composability=float("nan")), 8)

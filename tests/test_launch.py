@@ -117,7 +117,7 @@ def test_tpu_vm_up_creates_installs_and_runs_on_every_worker():
   assert ssh and all("--worker=all" in l for l in ssh)
   assert any("tpu-vm scp" in l and "--worker=all" in l for l in lines)  # this checkout, copied
   assert any("jax[tpu]" in l and "pip install -q -e" in l for l in ssh)
-  assert any("gcsfuse --implicit-dirs bkt /mnt/gcs/bkt" in l for l in ssh)
+  assert any("gcsfuse --implicit-dirs --rename-dir-limit=100000 bkt /mnt/gcs/bkt" in l for l in ssh)
   run = ssh[-1]
   assert ("JAX_COORDINATOR_ADDRESS=WORKER0_IP:8476" in run and "python" in run
           and "-m" in run and "adam_v2_jax.main" in run)

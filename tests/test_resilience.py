@@ -59,6 +59,54 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(reference, tmp_pat
     np.testing.assert_array_equal(a, b)
 
 
+def _copy_of(reference, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference, workdir)
+  return workdir
+
+
+def test_resume_on_another_device_count_fails_before_writing(reference, tmp_path):
+  # The global batch (per_device_batch x devices) sets the steps per epoch: on 2 devices instead
+  # of 4 the saved step would sit at another level of the plan.
+  workdir = _copy_of(reference, tmp_path)
+  metrics = open(os.path.join(workdir, "metrics.jsonl")).read()
+  out = subprocess.run(main_cmd(workdir), cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env=run_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+  assert out.returncode == 2, out.stderr[-3000:]
+  assert "was written with a global batch of 4 anchors; this run has 2" in out.stderr
+  assert open(os.path.join(workdir, "metrics.jsonl")).read() == metrics  # not trimmed
+
+
+def test_resume_position_is_checked_against_the_plan():
+  from adam_v2_jax import train  # pylint: disable=g-import-not-at-top
+  c = configlib.smoke(configlib.base_config())
+  old = train.plan(c, steps_per_epoch=2)   # what the run was started with
+  new = train.plan(c, steps_per_epoch=4)   # e.g. half the devices, uncapped epochs
+  pos = train._position(old[1], 1, 8)      # pylint: disable=protected-access
+  del pos["global_batch"]                  # as checkpoints before 2026-12-03
+  step = pos["global_step"]
+  train.check_resume_position(step, pos, old, 8, "W")  # same plan: fine
+  with pytest.raises(validate.ConfigError, match=f"plan puts global step {step} at stage 0, "
+                     "level 0"):
+    train.check_resume_position(step, pos, new, 8, "W")
+
+
+def test_every_checkpoint_unreadable_stops_instead_of_starting_over(reference, tmp_path):
+  workdir = _copy_of(reference, tmp_path)
+  metrics = open(os.path.join(workdir, "metrics.jsonl")).read()
+  steps = checkpoint.Checkpointer(workdir).steps()
+  for step in steps:  # e.g. a bucket mount that failed: every read errs
+    with open(os.path.join(workdir, "checkpoints", str(step), "position", "metadata"), "w") as f:
+      f.write("{not json")
+  out = subprocess.run(main_cmd(workdir), cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env=run_env())
+  assert out.returncode == 2, out.stderr[-3000:]
+  assert "no readable checkpoint is left" in out.stderr and "nothing was deleted" in out.stderr
+  assert sorted(int(n) for n in os.listdir(os.path.join(workdir, "corrupt_checkpoints"))) == steps
+  assert open(os.path.join(workdir, "metrics.jsonl")).read() == metrics
+
+
 def test_one_non_finite_step_is_skipped_and_the_run_goes_on(tmp_path):
   # log_every 3: the other steps' metrics are read one step late (no stall of the device queue)
   out = run_main(str(tmp_path), "--config.debug.nan_at_step=5", "--config.log_every=3")
@@ -230,3 +278,10 @@ def test_checkpoint_of_another_process_count_is_refused_not_moved_aside(tmp_path
     ckpt._check_process_count(5)
   assert data.is_dir() and not (tmp_path / "corrupt_checkpoints").exists()
   ckpt.close()
+
+
+def test_url_workdir_fails_before_writing_anything(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(validate.ConfigError, match="'gs://b/run': a URL.*Mount the bucket"):
+    validate.check_workdir("gs://b/run")
+  assert not os.listdir(tmp_path)  # no local ./gs:/b/run

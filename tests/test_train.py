@@ -75,3 +75,30 @@ def test_kill_and_restart_resumes_bit_for_bit(reference, tmp_path, kill_after):
   # Each step logged once, as in the unbroken run (the steps after the checkpoint were redone).
   steps = [json.loads(l)["step"] for l in open(os.path.join(workdir, "metrics.jsonl"))]
   assert steps == [json.loads(l)["step"] for l in open(os.path.join(reference, "metrics.jsonl"))]
+
+
+def test_sigterm_during_a_level_end_save_stops_before_the_next_level():
+  """The level's last step ran and its checkpoint is being written when SIGTERM comes: the run
+  stops there (preempted) instead of compiling the next level first."""
+  c = configlib.smoke(configlib.base_config())
+  seg = train.plan(c, steps_per_epoch=2)[0]
+  saved = []
+
+  class Ckpt:
+    directory = "W/checkpoints"
+
+    def save(self, step, state, position, it):
+      saved.append((step, position["level_step"]))
+
+    def wait(self):
+      saved.append("waited")
+
+  class Stop:
+    def requested(self):
+      return bool(saved)  # the signal arrived during the save
+
+  state, last = train._run_segment(  # pylint: disable=protected-access
+      c, seg, "state", None, iter(()), seg.steps, None, None, Ckpt(), None, None, Stop(), 4, None)
+  assert state == "state"
+  assert last["preempted"] and last["step"] == seg.start + seg.steps
+  assert saved == [(seg.start + seg.steps, seg.steps), "waited"]  # saved once, then waited
