@@ -4,7 +4,8 @@ One step renders every view from the anchor canvases on the device, embeds the t
 (x0 and the parts in stage LCD, the two global crops in stage L), embeds the student's views in one
 backbone call per view size, applies the three losses, clips and applies the AdamW update, moves
 the EMA teacher and the center. A step whose loss or gradient is not finite is not applied: the
-state comes back unchanged but for its `bad_steps` counter.
+weights, moments, statistics and center come back unchanged; the step, the optimizer's counters
+and the `bad_steps` counter advance.
 """
 import jax
 import jax.numpy as jnp
@@ -119,7 +120,14 @@ def make_train_step(config, nets: model_lib.Networks, layout: layout_lib.ViewLay
         teacher_batch_stats=t_stats,
         center=losses.update_center(state.center, t_logits, config.loss.center_momentum))
     ok = jnp.isfinite(total) & jnp.isfinite(grad_norm)
-    new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
+    # A bad step changes no weights, moments, statistics or center, but the clock moves on: the
+    # step and the optimizer's integer counters (its schedules read them) advance, so lr, weight
+    # decay, momentum, temperature and the last-layer freeze stay where an unbroken run has them
+    # (as torch's GradScaler skips an update while DINO's schedules follow the iteration).
+    clock = state.replace(step=new.step, opt_state=jax.tree.map(
+        lambda n, o: n if jnp.issubdtype(n.dtype, jnp.integer) else o,
+        new.opt_state, state.opt_state))
+    new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, clock)
     new = new.replace(bad_steps=jnp.where(ok, 0, state.bad_steps + 1).astype(jnp.int32))
 
     metrics = {

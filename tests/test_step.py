@@ -94,18 +94,29 @@ def test_last_layer_frozen_during_first_epoch():
 
 def test_non_finite_step_is_not_applied():
   c = tiny()
-  fn, state, mesh = make(c, "LCD")
-  state, _ = run_steps(fn, state, mesh, c, "LCD", 1, BATCH)
+  fn, state0, mesh = make(c, "LCD")
+  state, _ = run_steps(fn, state0, mesh, c, "LCD", 1, BATCH)
   before = jax.device_get(state)
   state, ms = run_steps(fn, state, mesh, c, "LCD", 2, BATCH, poison=[True, True])
   assert [m["finite"] for m in ms] == [0.0, 0.0]
   assert not np.isfinite(ms[0]["loss_localizability"])
-  assert int(state.bad_steps) == 2 and int(state.step) == 1
+  assert int(state.bad_steps) == 2 and int(state.step) == 3  # the clock moves on
   for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(before.params)):
     np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(state.center, before.center)
+  clean3, _ = run_steps(fn, state0, mesh, c, "LCD", 3, BATCH)  # an unbroken run
+  for a, b, want in zip(jax.tree.leaves(jax.device_get(state.opt_state)),
+                        jax.tree.leaves(before.opt_state),
+                        jax.tree.leaves(jax.device_get(clean3.opt_state))):
+    if np.issubdtype(a.dtype, np.integer):  # counters: where the unbroken run's are
+      np.testing.assert_array_equal(a, want)
+    else:                                   # moments: untouched
+      np.testing.assert_array_equal(a, b)
   state, ms = run_steps(fn, state, mesh, c, "LCD", 1, BATCH, poison=[False])
-  assert int(state.bad_steps) == 0 and int(state.step) == 2
+  assert int(state.bad_steps) == 0 and int(state.step) == 4
+  _, clean = run_steps(fn, clean3, mesh, c, "LCD", 1, BATCH)  # same schedules at step 3
+  for key in ("lr", "wd", "momentum", "teacher_temp"):
+    assert ms[0][key] == clean[0][key], key
 
 
 def test_eight_devices_match_one(tmp_path):
