@@ -76,17 +76,24 @@ def read_image(path: str, dicom_normalize: str = "voi") -> np.ndarray:
 
 def list_images(path: str) -> list:
   """Image files named by PATH: a folder (recursive, sorted, found as training's folder and DICOM
-  sources find them: hidden files skipped, extensionless DICOM included) or a text list."""
+  sources find them: hidden files skipped, extensionless DICOM included), one image file, or a
+  text list (one path per line, relative to the list's folder)."""
   from adam_v2_jax.data import decode, sources   # pylint: disable=g-import-not-at-top
+  keep = lambda p: p.lower().endswith(decode.IMAGE_EXTENSIONS) or sources.looks_dicom(p)
   if os.path.isdir(path):
-    keep = lambda p: p.lower().endswith(decode.IMAGE_EXTENSIONS) or sources.looks_dicom(p)
     return [os.path.join(path, r) for r in
             sources.scan_files(path, keep, "PNG, JPEG or DICOM files")]
   if not os.path.isfile(path):
     raise ValueError(f"{path}: no such folder or file")
+  if keep(path):
+    return [path]
   base = os.path.dirname(os.path.abspath(path))
-  with open(path) as f:
-    names = [l.strip() for l in f if l.strip() and not l.startswith("#")]
+  try:
+    with open(path, encoding="utf-8-sig") as f:
+      names = [l.strip() for l in f if l.strip() and not l.startswith("#")]
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path}: neither a PNG/JPEG/DICOM image nor a text list of image paths "
+                     f"({e.reason} at byte {e.start})") from e
   if not names:
     raise ValueError(f"{path}: the image list is empty")
   files = [n if os.path.isabs(n) else os.path.join(base, n) for n in names]
@@ -236,14 +243,19 @@ def main(argv: Sequence[str]) -> None:
   for name in ("workdir", "images", "out"):
     if not fl[name].value:
       raise app.UsageError(f"--{name} is required")
+  if not os.path.exists(fl.images):  # before the weights are loaded
+    _exit(f"--images {fl.images}: no such folder or file")
   from adam_v2_jax import checkpoint   # pylint: disable=g-import-not-at-top
   config, step, variables, _ = checkpoint.load_weights_or_exit("embed", fl.workdir, fl.step,
                                                               fl.model)
-  emb, files = embed_path(backbone_apply(config), variables, fl.images,
-                          size=fl.size or int(config.views.global_size),
-                          batch_size=fl.batch_size, mean=tuple(config.views.mean),
-                          std=tuple(config.views.std),
-                          dicom_normalize=config.data.get("dicom_normalize", "voi"))
+  try:
+    emb, files = embed_path(backbone_apply(config), variables, fl.images,
+                            size=fl.size or int(config.views.global_size),
+                            batch_size=fl.batch_size, mean=tuple(config.views.mean),
+                            std=tuple(config.views.std),
+                            dicom_normalize=config.data.get("dicom_normalize", "voi"))
+  except (ValueError, OSError) as e:  # unreadable input, named by the message
+    _exit(f"--images {fl.images}: {e}")
   out = fl.out if fl.out.endswith(".npy") else fl.out + ".npy"
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   np.save(out, emb)
@@ -252,6 +264,11 @@ def main(argv: Sequence[str]) -> None:
       f.write("\n".join(files) + "\n")
   print(f"{out}: {emb.shape[0]} embeddings of dim {emb.shape[1]} "
         f"({config.model.backbone} {fl.model}, step {step})")
+
+
+def _exit(message: str):
+  print(f"embed: error: {message}", file=sys.stderr)
+  sys.exit(2)
 
 
 if __name__ == "__main__":

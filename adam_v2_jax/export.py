@@ -13,6 +13,7 @@ Adam-v2 PyTorch layout (head.*, compose_head.*, decompose_head.*).
 import datetime
 import json
 import os
+import sys
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 from absl import app, flags
@@ -115,8 +116,12 @@ def main(argv: Sequence[str]) -> None:
   from adam_v2_jax import checkpoint   # pylint: disable=g-import-not-at-top
   config, step, variables, heads = checkpoint.load_weights_or_exit("export", fl.workdir,
                                                                    fl.step, fl.model)
-  export_variables(config.model.backbone, variables, fl.out, layout=fl.layout, heads=heads,
-                   heads_out=fl.heads_out, config=config, step=step, model=fl.model)
+  try:
+    export_variables(config.model.backbone, variables, fl.out, layout=fl.layout, heads=heads,
+                     heads_out=fl.heads_out, config=config, step=step, model=fl.model)
+  except ValueError as e:  # an export the layout cannot hold, named by the message
+    print(f"export: error: {e}", file=sys.stderr)
+    sys.exit(2)
   print(f"{fl.out}: {config.model.backbone} {fl.model} step {step} ({fl.layout} layout); "
         f"{sidecar_path(fl.out)}" + (f"; heads in {fl.heads_out}" if fl.heads_out else ""))
 

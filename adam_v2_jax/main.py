@@ -5,6 +5,7 @@
   python -m adam_v2_jax.main --config=configs/cxr_resnet50.py --workdir=/mnt/gcs/run \
       --config.data.path=/data/cxr14/images --config.data.split_file=/data/cxr14/train_val_list.txt
 """
+import logging as std_logging
 import os
 import sys
 
@@ -50,7 +51,7 @@ class _QuietLibraries:
 
   def filter(self, record):
     noisy = any(f"/{lib}/" in record.pathname for lib in ("orbax", "grain", "jax", "etils"))
-    return record.levelno >= logging.WARNING or not noisy
+    return record.levelno >= std_logging.WARNING or not noisy  # absl's WARNING is -1
 
 
 def main(argv):
@@ -80,12 +81,21 @@ def main(argv):
 def parse_flags(argv):
   """absl flag parsing that turns a bad --config.key=value into one clear line (exit 2)."""
   try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError, TypeError, ValueError, flags.Error) as e:
+    rest = flags.FLAGS(argv)
+    _CONFIG.value.keys()  # a config that failed to load raises on first use: here, not later
+    return rest
+  except OSError as e:  # the config file: missing, unreadable
+    detail = " ".join(l.strip() for l in str(e).splitlines()[1:] if l.strip())
+    print(f"error: --config: the config file could not be loaded: {detail or e}",
+          file=sys.stderr)
+    sys.exit(2)
+  except (AttributeError, KeyError, TypeError, ValueError, SyntaxError, flags.Error) as e:
     bad = [a for a in argv[1:] if a.startswith("--config.")]
     lines = [l.strip() for l in str(e).replace("\\n", "\n").splitlines() if l.strip()]
     msg = lines[-1] if "Traceback" in str(e) else " ".join(lines)
-    msg = msg.replace("\\'", "'").strip("'\"")
+    msg = msg.replace("\\'", "'")
+    if len(msg) > 1 and msg[0] == msg[-1] and msg[0] in "'\"":  # a repr's quotes, as a pair
+      msg = msg[1:-1]
     print(f"error: bad configuration flag among {bad or argv[1:]}: {msg}", file=sys.stderr)
     sys.exit(2)
 

@@ -34,7 +34,10 @@ class MetricWriter:
     self._jsonl = open(path, "a", buffering=1)
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1)
+      # tensorboardX writes from a thread and flushes every flush_secs (default 120 s: a killed
+      # run lost its last two minutes of scalars for good, while the JSONL kept them).
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1,
+                               flush_secs=1)
 
   def start_clock(self, step: int):
     """Marks where throughput and ETA are counted from (after compilation)."""

@@ -226,6 +226,7 @@ def _run_segment(config, seg, state, step_fn, it, done, mesh, root_key, ckpt, wr
       writer.start_clock(g + 1)
       t_log, n_log = time.perf_counter(), 0
     if (g + 1) % config.log_every == 0 or k == seg.steps - 1:
+      jax.block_until_ready(pending[1])  # time the n_log steps done, not only dispatched
       last = _check(pending, watch, ckpt, config, sched, seg, writer, log=True,
                     rate=n_log * global_batch / (time.perf_counter() - t_log) if n_log else None)
       pending, t_log, n_log = None, time.perf_counter(), 0

@@ -4,6 +4,11 @@ import fcntl
 import os
 import shutil
 import tempfile
+# pytest imports tracemalloc when it reports an object's failing finalizer. If that happens while
+# tensorflow_datasets imports modules under etils' lazy_imports (which patches __import__ for the
+# whole process), tracemalloc's own `from functools import total_ordering` gets a lazy proxy and
+# the report fails the test at hand (seen once in CI, in test_prepare). Imported here, it is cached.
+import tracemalloc  # noqa: F401  pylint: disable=unused-import
 
 _CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                                os.path.join(tempfile.gettempdir(), "adam_v2_jax_test_xla_cache"))

@@ -107,6 +107,9 @@ def test_embed_path_errors_name_the_input(tmp_path):
   (tmp_path / "l.txt").write_text("gone.png\n")
   with pytest.raises(ValueError, match="l.txt: 1 listed file"):
     embed.embed_path(_apply("tiny_vit"), v, str(tmp_path / "l.txt"))
+  (tmp_path / "b.bin").write_bytes(b"\x89\xff\x00 binary")
+  with pytest.raises(ValueError, match="b.bin: neither a PNG/JPEG/DICOM image nor a text list"):
+    embed.embed_path(_apply("tiny_vit"), v, str(tmp_path / "b.bin"))
   (tmp_path / "bad").mkdir()
   (tmp_path / "bad" / "x.png").write_bytes(b"not a png")
   with pytest.raises(ValueError, match="x.png"):
@@ -194,4 +197,12 @@ def test_embed_cli_on_a_folder(smoke, tmp_path):
   np.testing.assert_allclose(emb, ref, atol=1e-5)
   r = run_module("adam_v2_jax.embed", f"--workdir={smoke}", f"--images={tmp_path}/none",
                  f"--out={out}")
-  assert r.returncode != 0 and "no such folder or file" in r.stderr
+  assert r.returncode == 2 and "no such folder or file" in r.stderr
+  (folder / "3.png").write_bytes(b"not a png")  # bad input: a message naming it, no traceback
+  r = run_module("adam_v2_jax.embed", f"--workdir={smoke}", f"--images={folder}", f"--out={out}")
+  assert r.returncode == 2 and "3.png" in r.stderr and "Traceback" not in r.stderr
+  one = tmp_path / "one.npy"  # a single image file is an input too
+  r = run_module("adam_v2_jax.embed", f"--workdir={smoke}", f"--images={folder}/1.png",
+                 f"--out={one}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  np.testing.assert_allclose(np.load(one), ref[1:2], atol=1e-5)

@@ -1,6 +1,7 @@
 """export.py: weights file + JSON sidecar from variables and from a run's checkpoint (CLI)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -172,4 +173,13 @@ def test_export_cli_rejects_bad_arguments(smoke, tmp_path):
   r = run_module("adam_v2_jax.export", f"--workdir={smoke}", f"--out={tmp_path}/w.pth",
                  "--step=12345")
   assert r.returncode == 1 and "export: no checkpoint of step 12345" in r.stderr
+  assert "Traceback" not in r.stderr
+  bn = tmp_path / "head_bn_run"  # a run whose DINO head the released layout cannot hold
+  shutil.copytree(smoke, bn)
+  saved = json.loads((bn / "config.json").read_text())
+  saved["model"]["head_bn"] = True
+  (bn / "config.json").write_text(json.dumps(saved))
+  r = run_module("adam_v2_jax.export", f"--workdir={bn}", f"--out={tmp_path}/w.pth",
+                 f"--heads_out={tmp_path}/h.pth")
+  assert r.returncode == 2 and "export: error:" in r.stderr and "h.pth" in r.stderr
   assert "Traceback" not in r.stderr

@@ -231,15 +231,22 @@ def test_unwritable_workdir(tmp_path):
 
 def test_cli_config_errors_fail_before_any_compute(tmp_path):
   t0 = time.time()
-  for args, words in (
-      (["--config.model.bakbone=x"], ["bakbone", "backbone"]),
+  for args, words, *config in (
+      (["--config.model.bakbone=x"], ["'bakbone'", '"backbone"']),  # quotes kept in pairs
       (["--config.per_device_batch=abc"], ["per_device_batch", "abc"]),
-      (["--config.model.out_dim=3"], ["model.out_dim", ">= 64"])):
-    out = subprocess.run(main_cmd(str(tmp_path / "w"), *args), cwd=ROOT, env=run_env(),
-                         capture_output=True, text=True, timeout=120)
+      (["--config.model.out_dim=3"], ["model.out_dim", ">= 64"]),
+      ([], ["unknown config argument 'nope'; allowed: '' or 'smoke'"], "configs/demo.py:nope"),
+      ([], ["--config: the config file could not be loaded", "configs/absent.py",
+            "No such file"], "configs/absent.py")):
+    cmd = main_cmd(str(tmp_path / "w"), *args)
+    if config:
+      cmd = [a if not a.startswith("--config=") else f"--config={config[0]}" for a in cmd]
+    out = subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True,
+                         timeout=120)
     assert out.returncode == 2, out.stderr[-2000:]
     for w in words:
       assert w in out.stderr
+    assert "Traceback" not in out.stderr
   assert not os.path.exists(tmp_path / "w" / "checkpoints")
   assert time.time() - t0 < 120
 
