@@ -31,12 +31,14 @@ _CALIBRATE_BN = flags.DEFINE_bool("calibrate_bn", True, "Estimate a random init'
                                   "they stay at 0 / 1 and BatchNorm is the identity).")
 _RANDOM_SEEDS = flags.DEFINE_list("random_seeds", ["0"], "Seeds of the random-init baselines "
                                   "(several show how much one random draw differs from another).")
+flags.register_validator("random_seeds", lambda v: all(s.strip().lstrip("-").isdigit() for s in v),
+                         "comma-separated integers, e.g. 0,1,2")
 _CSV = flags.DEFINE_string("landmarks_csv", "", "Landmark CSV (image,landmark,x,y[,patient]); "
                            "default: the phantom's annotated landmarks.")
 _IMAGE_ROOT = flags.DEFINE_string("image_root", "", "Folder the CSV's image paths are relative "
                                   "to (default: the CSV's folder).")
-_CASES = flags.DEFINE_integer("cases", 100, "Phantom patients to analyse (or: the first N CSV "
-                              "images; 0 = all of them).")
+_CASES = flags.DEFINE_integer("cases", 100, "Phantom patients to analyse (0: 100), or the first "
+                              "N CSV images (0: all of them).", lower_bound=0)
 _PHANTOM_SEED = flags.DEFINE_integer("phantom_seed", None, "Phantom family (default: the first "
                                      "run's data.phantom_seed).")
 _PHANTOM_START = flags.DEFINE_integer("phantom_start", None, "First phantom patient (default: "

@@ -39,11 +39,38 @@ def init_distributed():
   JAX call and only in the main process (grain workers are spawned and must not call it)."""
   import jax  # pylint: disable=g-import-not-at-top
   if _COORDINATOR.value or (_NUM_PROCESSES.value or 1) > 1:
-    ids = [int(i) for i in _LOCAL_DEVICES.value.split(",")] if _LOCAL_DEVICES.value else None
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                               local_device_ids=ids)
+                               local_device_ids=_local_device_ids())
   elif _in_cluster():
     jax.distributed.initialize()
+
+
+def _local_device_ids():
+  """--local_device_ids as ints (None when not given); a clear exit 2 on what does not parse."""
+  if not _LOCAL_DEVICES.value:
+    return None
+  try:
+    return [int(i) for i in _LOCAL_DEVICES.value.split(",")]
+  except ValueError:
+    _usage(f"--local_device_ids={_LOCAL_DEVICES.value}: comma-separated integers, e.g. 0,1")
+
+
+def _usage(message: str):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def check_process_flags():
+  """The hand-started multi-process flags go together: a lone one was ignored or crashed in JAX."""
+  n, pid, coord = _NUM_PROCESSES.value, _PROCESS_ID.value, _COORDINATOR.value
+  if (n or 1) > 1 and not coord:
+    _usage(f"--num_processes={n} needs --coordinator_address=HOST:PORT (process 0's)")
+  if coord and (n is None or pid is None):
+    _usage("--coordinator_address needs --num_processes and --process_id")
+  if pid is not None and not 0 <= pid < (n or 1):
+    _usage(f"--process_id={pid} must lie in [0, --num_processes={n or 1})")
+  if _LOCAL_DEVICES.value and (n or 1) == 1:
+    _usage("--local_device_ids is for multi-process runs (with --num_processes)")
 
 
 class _QuietLibraries:
@@ -57,6 +84,7 @@ class _QuietLibraries:
 def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  check_process_flags()
   init_distributed()
   import jax  # pylint: disable=g-import-not-at-top
   from adam_v2_jax import checkpoint, health, train, validate  # pylint: disable=g-import-not-at-top

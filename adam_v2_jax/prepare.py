@@ -156,7 +156,12 @@ def _check_settings(dataset_dir: str, settings: dict, name: str):
 
 def main(argv=None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-  args = _parser().parse_args(argv)
+  parser = _parser()
+  args = parser.parse_args(argv)
+  if args.max_side < 0 or args.workers < 0:
+    parser.error(f"--max_side and --workers must be >= 0, got {args.max_side} and {args.workers}")
+  if os.path.exists(args.data_dir) and not os.path.isdir(args.data_dir):
+    parser.error(f"--data_dir {args.data_dir}: a file, not a folder")
   start = time.time()
   try:
     name, builder, final = build(args)

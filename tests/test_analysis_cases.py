@@ -74,6 +74,15 @@ def test_csv_cases_missing_file(tmp_path):
     cases_lib.csv_cases(str(tmp_path / "absent.csv"))
 
 
+def test_csv_cases_binary_file_and_bom(tmp_path):
+  (tmp_path / "bin.csv").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+  with pytest.raises(ValueError, match="bin.csv: not a UTF-8 text CSV"):
+    cases_lib.csv_cases(str(tmp_path / "bin.csv"))
+  (tmp_path / "bom.csv").write_bytes("image,landmark,x,y\na.png,c,1,2\n".encode("utf-8-sig"))
+  [case] = cases_lib.csv_cases(str(tmp_path / "bom.csv"))  # a spreadsheet's BOM: still 'image'
+  assert case.landmarks == {"c": (1.0, 2.0)}
+
+
 def test_read_image_bad_file_and_sixteen_bit(tmp_path):
   bad = _write(tmp_path / "x.png", "not a png")
   with pytest.raises(ValueError, match="x.png: cannot read image"):

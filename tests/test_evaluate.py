@@ -26,6 +26,17 @@ def run_dir(reference):
   return reference
 
 
+def test_cli_flag_errors_name_the_flag(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=_ROOT)
+  for flag, words in (("--random_seeds=0,a", "comma-separated integers"),
+                      ("--cases=-1", "--cases")):
+    proc = subprocess.run([sys.executable, "-m", "adam_v2_jax.evaluate", f"--workdir={tmp_path}",
+                           f"--out={tmp_path}/r", flag], cwd=_ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0 and flag.split("=")[0] in proc.stderr and words in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_cli_writes_every_file(run_dir, tmp_path):
   out = tmp_path / "report"
   cmd = [sys.executable, "-m", "adam_v2_jax.evaluate", f"--workdir={run_dir}", f"--out={out}",

@@ -67,3 +67,16 @@ def test_processes_with_unequal_device_counts_fail_clearly(tmp_path):
     assert p.returncode != 0
     assert (f"process {i} has {2 - i} of 3 devices over 2 processes; every process needs the "
             "same number of devices") in err
+
+
+def test_process_flags_that_do_not_go_together_fail_clearly(tmp_path):
+  for flags_, words in (
+      (["--num_processes=2"], "--num_processes=2 needs --coordinator_address"),
+      (["--coordinator_address=localhost:1234"], "needs --num_processes and --process_id"),
+      (["--coordinator_address=h:1", "--num_processes=2", "--process_id=2"],
+       "--process_id=2 must lie in [0, --num_processes=2)"),
+      (["--coordinator_address=h:1", "--num_processes=2", "--process_id=0",
+        "--local_device_ids=a,b"], "--local_device_ids=a,b: comma-separated integers")):
+    r = subprocess.run(main_cmd(str(tmp_path / "w"), *flags_), cwd=ROOT, capture_output=True,
+                       text=True, timeout=120, env=run_env())
+    assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]

@@ -99,6 +99,24 @@ def test_prepare_refuses_missing_path(tmp_path, capsys):
   assert not (tmp_path / "tfds" / "adam_prepared").exists()
 
 
+@pytest.mark.parametrize("extra,words", [
+    (["--max_side", "-5"], "--max_side and --workers must be >= 0"),
+    (["--workers", "-1"], "--max_side and --workers must be >= 0"),
+])
+def test_prepare_refuses_negative_counts(tmp_path, capsys, extra, words):
+  with pytest.raises(SystemExit) as e:
+    prepare.main(["--path", str(tmp_path), "--name", "x", "--data_dir", str(tmp_path / "t"),
+                  *extra])
+  assert e.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_prepare_refuses_a_file_as_data_dir(tmp_path, capsys):
+  (tmp_path / "f").write_text("x")
+  with pytest.raises(SystemExit) as e:
+    prepare.main(["--path", str(tmp_path), "--name", "x", "--data_dir", str(tmp_path / "f")])
+  assert e.value.code == 2 and "--data_dir" in capsys.readouterr().err
+
+
 def test_chestxray14_builder_official_split(tmp_path):
   manual = tmp_path / "nih"
   names = {"train": ["00000001_000.png", "00000001_001.png", "00000003_000.png"],

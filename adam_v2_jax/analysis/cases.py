@@ -97,38 +97,44 @@ def csv_cases(csv_path: str, image_root: str = "") -> list[Case]:
   """
   root = image_root or os.path.dirname(os.path.abspath(csv_path))
   try:
-    f = open(csv_path, newline="")
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+      return _read_csv(f, csv_path, root)
   except OSError as e:
     raise ValueError(f"{csv_path}: cannot open landmark CSV ({e})") from e
-  with f:
-    reader = csv.DictReader(f)
-    fields = [c.strip() for c in (reader.fieldnames or [])]
-    missing = {"image", "landmark", "x", "y"} - set(fields)
-    if missing:
-      raise ValueError(f"{csv_path}: missing column(s) {sorted(missing)}; "
-                       f"expected a header image,landmark,x,y[,patient], got {fields}")
-    by_image: dict[str, dict] = {}
-    for row in reader:
-      row_no = reader.line_num  # the file's line (blank lines and quoted newlines counted)
-      row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
-      image, name = row["image"], row["landmark"]
-      if not image or not name:
-        raise ValueError(f"{csv_path}, line {row_no}: empty image or landmark")
-      try:
-        x, y = float(row["x"]), float(row["y"])
-        if not (math.isfinite(x) and math.isfinite(y)):
-          raise ValueError
-      except ValueError:
-        raise ValueError(f"{csv_path}, line {row_no}: x, y must be finite numbers, "
-                         f"got {row['x']!r}, {row['y']!r}") from None
-      patient = row.get("patient") or image
-      entry = by_image.setdefault(image, {"patient": patient, "lm": {}, "lines": {}})
-      if name in entry["lm"]:
-        raise ValueError(f"{csv_path}, line {row_no}: landmark {name!r} repeats for {image}")
-      if patient != entry["patient"]:
-        raise ValueError(f"{csv_path}, line {row_no}: {image} is patient {patient!r} here and "
-                         f"{entry['patient']!r} on an earlier line")
-      entry["lm"][name], entry["lines"][name] = (x, y), row_no
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{csv_path}: not a UTF-8 text CSV ({e.reason} at byte {e.start})") from e
+
+
+def _read_csv(f, csv_path: str, root: str) -> list[Case]:
+  """The cases of an open landmark CSV (csv_cases)."""
+  reader = csv.DictReader(f)
+  fields = [c.strip() for c in (reader.fieldnames or [])]
+  missing = {"image", "landmark", "x", "y"} - set(fields)
+  if missing:
+    raise ValueError(f"{csv_path}: missing column(s) {sorted(missing)}; "
+                     f"expected a header image,landmark,x,y[,patient], got {fields}")
+  by_image: dict[str, dict] = {}
+  for row in reader:
+    row_no = reader.line_num  # the file's line (blank lines and quoted newlines counted)
+    row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
+    image, name = row["image"], row["landmark"]
+    if not image or not name:
+      raise ValueError(f"{csv_path}, line {row_no}: empty image or landmark")
+    try:
+      x, y = float(row["x"]), float(row["y"])
+      if not (math.isfinite(x) and math.isfinite(y)):
+        raise ValueError
+    except ValueError:
+      raise ValueError(f"{csv_path}, line {row_no}: x, y must be finite numbers, "
+                       f"got {row['x']!r}, {row['y']!r}") from None
+    patient = row.get("patient") or image
+    entry = by_image.setdefault(image, {"patient": patient, "lm": {}, "lines": {}})
+    if name in entry["lm"]:
+      raise ValueError(f"{csv_path}, line {row_no}: landmark {name!r} repeats for {image}")
+    if patient != entry["patient"]:
+      raise ValueError(f"{csv_path}, line {row_no}: {image} is patient {patient!r} here and "
+                       f"{entry['patient']!r} on an earlier line")
+    entry["lm"][name], entry["lines"][name] = (x, y), row_no
   if not by_image:
     raise ValueError(f"{csv_path}: no landmark rows")
   cases = []
