@@ -18,6 +18,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from absl import logging
 
+from adam_v2_jax import sharding
+
 
 class Unreadable(RuntimeError):
   """A checkpoint failed to restore; it has been moved aside."""
@@ -122,6 +124,7 @@ class Checkpointer:
       dest = os.path.join(self.workdir, "corrupt_checkpoints", str(step))
       os.makedirs(os.path.dirname(dest), exist_ok=True)
       shutil.move(os.path.join(self.directory, str(step)), dest)
+    sharding.barrier(f"set aside checkpoint {step}")  # no host reads on before the move is done
     self._mngr.reload()
     self._last_saved = self._mngr.latest_step()
 

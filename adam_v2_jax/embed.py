@@ -254,8 +254,8 @@ def main(argv: Sequence[str]) -> None:
                             batch_size=fl.batch_size, mean=tuple(config.views.mean),
                             std=tuple(config.views.std),
                             dicom_normalize=config.data.get("dicom_normalize", "voi"))
-  except (ValueError, OSError) as e:  # unreadable input, named by the message
-    _exit(f"--images {fl.images}: {e}")
+  except (ValueError, OSError) as e:  # unreadable input: the message names the file
+    _exit(str(e))
   out = fl.out if fl.out.endswith(".npy") else fl.out + ".npy"
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   np.save(out, emb)

@@ -31,8 +31,14 @@ _CALIBRATE_BN = flags.DEFINE_bool("calibrate_bn", True, "Estimate a random init'
                                   "they stay at 0 / 1 and BatchNorm is the identity).")
 _RANDOM_SEEDS = flags.DEFINE_list("random_seeds", ["0"], "Seeds of the random-init baselines "
                                   "(several show how much one random draw differs from another).")
-flags.register_validator("random_seeds", lambda v: all(s.strip().lstrip("-").isdigit() for s in v),
-                         "comma-separated integers, e.g. 0,1,2")
+def _all_ints(values) -> bool:
+  try:
+    return all(isinstance(int(v), int) for v in values)
+  except ValueError:
+    return False
+
+
+flags.register_validator("random_seeds", _all_ints, "comma-separated integers, e.g. 0,1,2")
 _CSV = flags.DEFINE_string("landmarks_csv", "", "Landmark CSV (image,landmark,x,y[,patient]); "
                            "default: the phantom's annotated landmarks.")
 _IMAGE_ROOT = flags.DEFINE_string("image_root", "", "Folder the CSV's image paths are relative "

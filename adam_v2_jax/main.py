@@ -63,12 +63,16 @@ def _usage(message: str):
 def check_process_flags():
   """The hand-started multi-process flags go together: a lone one was ignored or crashed in JAX."""
   n, pid, coord = _NUM_PROCESSES.value, _PROCESS_ID.value, _COORDINATOR.value
+  if n is not None and n < 1:
+    _usage(f"--num_processes={n} must be >= 1")
   if (n or 1) > 1 and not coord:
     _usage(f"--num_processes={n} needs --coordinator_address=HOST:PORT (process 0's)")
+  if pid is not None and not coord:
+    _usage(f"--process_id={pid} needs --coordinator_address and --num_processes")
   if coord and (n is None or pid is None):
     _usage("--coordinator_address needs --num_processes and --process_id")
-  if pid is not None and not 0 <= pid < (n or 1):
-    _usage(f"--process_id={pid} must lie in [0, --num_processes={n or 1})")
+  if pid is not None and not 0 <= pid < n:
+    _usage(f"--process_id={pid} must lie in [0, --num_processes={n})")
   if _LOCAL_DEVICES.value and (n or 1) == 1:
     _usage("--local_device_ids is for multi-process runs (with --num_processes)")
 

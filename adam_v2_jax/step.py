@@ -29,6 +29,13 @@ def _per_view(feat, n_views):
   return feat.reshape(-1, n_views, feat.shape[-1]).transpose(1, 0, 2)
 
 
+def _is_schedule_counter(leaf) -> bool:
+  """An integer leaf of the optimizer state outside Adam's moments and count (those of
+  inject_hyperparams, scale_by_learning_rate's schedule and the last-layer freeze)."""
+  return (not isinstance(leaf, optax.ScaleByAdamState)
+          and jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.integer))
+
+
 def ema(teacher, student, momentum):
   """theta_T <- m theta_T + (1 - m) theta_S, leaf by leaf (pytrees of the same structure)."""
   return jax.tree.map(lambda t, s: momentum * t + (1.0 - momentum) * s, teacher, student)
@@ -121,12 +128,13 @@ def make_train_step(config, nets: model_lib.Networks, layout: layout_lib.ViewLay
         center=losses.update_center(state.center, t_logits, config.loss.center_momentum))
     ok = jnp.isfinite(total) & jnp.isfinite(grad_norm)
     # A bad step changes no weights, moments, statistics or center, but the clock moves on: the
-    # step and the optimizer's integer counters (its schedules read them) advance, so lr, weight
-    # decay, momentum, temperature and the last-layer freeze stay where an unbroken run has them
-    # (as torch's GradScaler skips an update while DINO's schedules follow the iteration).
+    # step and the schedules' counters in the optimizer state advance, so lr, weight decay,
+    # momentum, temperature and the last-layer freeze stay where an unbroken run has them. Adam's
+    # own count (bias correction) stays, as torch's GradScaler skips optimizer.step() while
+    # DINO's schedules follow the iteration.
     clock = state.replace(step=new.step, opt_state=jax.tree.map(
-        lambda n, o: n if jnp.issubdtype(n.dtype, jnp.integer) else o,
-        new.opt_state, state.opt_state))
+        lambda n, o: n if _is_schedule_counter(n) else o, new.opt_state, state.opt_state,
+        is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState)))
     new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, clock)
     new = new.replace(bad_steps=jnp.where(ok, 0, state.bad_steps + 1).astype(jnp.int32))
 

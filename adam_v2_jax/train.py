@@ -4,6 +4,7 @@ A run is a plan of segments (stage, level) of known lengths. The position of a r
 step; a checkpoint records it with the stage, level and the steps done in the level, so a restart
 with the same command continues where the last good checkpoint left off, data iterator included.
 """
+import collections
 import dataclasses
 import os
 import time
@@ -70,26 +71,30 @@ def run(config, workdir: str) -> dict:
 def _run(config, workdir: str) -> dict:
   mesh = sharding.make_mesh()
   global_batch = config.per_device_batch * jax.device_count()
+  per_process = collections.Counter(d.process_index for d in jax.devices())
+  if len(set(per_process.values())) > 1:  # the pipeline splits the batch evenly; every process
+    raise validate.ConfigError(  # sees the whole device list, so all of them stop here
+        "every process needs the same number of devices; devices per process: " + ", ".join(
+            f"process {p}: {n}" for p, n in sorted(per_process.items())))
   rows = sharding.process_slice(mesh, global_batch)
-  if (rows[1] - rows[0]) * jax.process_count() != global_batch:  # the pipeline splits evenly
-    raise ValueError(f"process {jax.process_index()} has {jax.local_device_count()} of "
-                     f"{jax.device_count()} devices over {jax.process_count()} processes; every "
-                     "process needs the same number of devices")
   source = pipeline.source_for(config)
-  sharding.check_same_on_every_process(  # else hosts split different lists: records lost or
-      "dataset", f"{len(source)} records, digest {pipeline.fingerprint(source)}")  # fed twice
+  try:  # else hosts split different lists: records lost or fed twice
+    sharding.check_same_on_every_process(
+        "dataset", f"{len(source)} records, digest {pipeline.fingerprint(source)}")
+  except ValueError as e:
+    raise validate.ConfigError(str(e)) from e
   spe = pipeline.steps_per_epoch(config, len(source), global_batch)
   segments = plan(config, spe)
   total = segments[-1].start + segments[-1].steps
   nets = model_lib.build_networks(config)
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    checkpoint_lib.save_config(workdir, config)
 
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
   resume = ckpt.latest_good_position()
-  if resume:  # before anything is written (the metrics writer trims to the checkpoint)
+  if resume:  # before anything is written (config.json; the metrics writer trims the JSONL)
     check_resume_position(*resume, segments, global_batch, ckpt.directory)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    checkpoint_lib.save_config(workdir, config)
   writer = metrics_lib.MetricWriter(workdir, total, resume_step=resume[0] if resume else 0)
   watch = health.Watch(config.max_bad_steps, config.model.out_dim)
   stop = preemption.Preemption()
@@ -170,7 +175,7 @@ def _stage_state(config, nets, tx, rng, mode, mesh, prev):
 def _position(seg: Segment, done: int, global_batch: int) -> dict:
   return {"global_step": seg.start + done, "stage": seg.stage, "mode": seg.mode,
           "level": seg.level, "level_step": done, "stage_step": seg.start - seg.stage_start + done,
-          "global_batch": global_batch}
+          "level_steps": seg.steps, "global_batch": global_batch}
 
 
 def check_resume_position(step: int, position: dict, segments: list[Segment], global_batch: int,
@@ -188,16 +193,19 @@ def check_resume_position(step: int, position: dict, segments: list[Segment], gl
         f"run has {global_batch} (per_device_batch x {jax.device_count()} devices). Resume with "
         "the same per_device_batch x devices, or use a new --workdir")
   seg = next((s for s in segments if s.start < step <= s.start + s.steps), None)
-  keys = ("stage", "level", "level_step")
-  if seg is None or any(position.get(k) != _position(seg, step - seg.start, 0)[k] for k in keys):
-    now = ("past its end" if seg is None
-           else f"stage {seg.stage}, level {seg.level}, step {step - seg.start}")
+  want = None if seg is None else {"stage": seg.stage, "level": seg.level,
+                                   "level_step": step - seg.start, "level_steps": seg.steps}
+  # level_steps: not in checkpoints before 2026-12-03 (they cannot show a change of the steps
+  # per epoch that keeps the saved step inside the same level)
+  if want is None or any(position.get(k, v) != v for k, v in want.items()):
+    now = ("past its end" if seg is None else f"stage {seg.stage}, level {seg.level}, step "
+           f"{step - seg.start} of {seg.steps}")
     raise validate.ConfigError(
         f"checkpoint {step} in {where} is at stage {position.get('stage')}, level "
-        f"{position.get('level')}, step {position.get('level_step')} of the level, but this "
-        f"run's plan puts global step {step} at {now}: the global batch (per_device_batch x "
-        "devices) or the steps per epoch changed. Resume as the run was started, or use a new "
-        "--workdir")
+        f"{position.get('level')}, step {position.get('level_step')} of "
+        f"{position.get('level_steps', '?')}, but this run's plan puts global step {step} at "
+        f"{now}: the global batch (per_device_batch x devices) or the steps per epoch (the "
+        "dataset's size) changed. Resume as the run was started, or use a new --workdir")
 
 
 def _run_segment(config, seg, state, step_fn, it, done, mesh, root_key, ckpt, writer, watch,

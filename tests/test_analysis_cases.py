@@ -78,6 +78,9 @@ def test_csv_cases_binary_file_and_bom(tmp_path):
   (tmp_path / "bin.csv").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
   with pytest.raises(ValueError, match="bin.csv: not a UTF-8 text CSV"):
     cases_lib.csv_cases(str(tmp_path / "bin.csv"))
+  (tmp_path / "big.csv").write_text("image,landmark,x,y\n" + "a" * 200_000 + ",c,1,2\n")
+  with pytest.raises(ValueError, match="big.csv: not a landmark CSV"):  # csv's field limit
+    cases_lib.csv_cases(str(tmp_path / "big.csv"))
   (tmp_path / "bom.csv").write_bytes("image,landmark,x,y\na.png,c,1,2\n".encode("utf-8-sig"))
   [case] = cases_lib.csv_cases(str(tmp_path / "bom.csv"))  # a spreadsheet's BOM: still 'image'
   assert case.landmarks == {"c": (1.0, 2.0)}

@@ -29,6 +29,7 @@ def run_dir(reference):
 def test_cli_flag_errors_name_the_flag(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=_ROOT)
   for flag, words in (("--random_seeds=0,a", "comma-separated integers"),
+                      ("--random_seeds=--1", "comma-separated integers"),
                       ("--cases=-1", "--cases")):
     proc = subprocess.run([sys.executable, "-m", "adam_v2_jax.evaluate", f"--workdir={tmp_path}",
                            f"--out={tmp_path}/r", flag], cwd=_ROOT, env=env, capture_output=True,

@@ -90,6 +90,12 @@ def test_resume_position_is_checked_against_the_plan():
   with pytest.raises(validate.ConfigError, match=f"plan puts global step {step} at stage 0, "
                      "level 0"):
     train.check_resume_position(step, pos, new, 8, "W")
+  # a level's end under the old plan is mid-level under the new one: its length tells them apart
+  end = train._position(old[0], old[0].steps, 8)  # pylint: disable=protected-access
+  del end["global_batch"]
+  train.check_resume_position(end["global_step"], end, old, 8, "W")
+  with pytest.raises(validate.ConfigError, match=f"step {old[0].steps} of {old[0].steps}, but "):
+    train.check_resume_position(end["global_step"], end, new, 8, "W")
 
 
 def test_every_checkpoint_unreadable_stops_instead_of_starting_over(reference, tmp_path):

@@ -103,6 +103,8 @@ def csv_cases(csv_path: str, image_root: str = "") -> list[Case]:
     raise ValueError(f"{csv_path}: cannot open landmark CSV ({e})") from e
   except UnicodeDecodeError as e:
     raise ValueError(f"{csv_path}: not a UTF-8 text CSV ({e.reason} at byte {e.start})") from e
+  except csv.Error as e:  # e.g. a field over the csv module's 128 kB limit: not a landmark CSV
+    raise ValueError(f"{csv_path}: not a landmark CSV ({e})") from e
 
 
 def _read_csv(f, csv_path: str, root: str) -> list[Case]:

@@ -54,7 +54,8 @@ def fingerprint(source) -> str:
       walk(inner)
     if hasattr(src, "source"):
       walk(src.source)
-    h.update(f"{type(src).__name__}:{len(src)}:{list(getattr(src, 'counts', []))};".encode())
+    counts = [int(c) for c in getattr(src, "counts", [])]  # plain ints: numpy-version proof
+    h.update(f"{type(src).__name__}:{len(src)}:{counts};".encode())
     for i in getattr(src, "ids", ()):
       h.update(f"{i}\n".encode())
 
