@@ -4,20 +4,19 @@ import fcntl
 import os
 import shutil
 import tempfile
+# pytest imports tracemalloc when it reports an object's failing finalizer. If that happens while
+# tensorflow_datasets imports modules under etils' lazy_imports (which patches __import__ for the
+# whole process), tracemalloc's own `from functools import total_ordering` gets a lazy proxy and
+# the report fails the test at hand (seen once in CI, in test_prepare). Imported here, it is cached,
+# and the finalizer's own failure (a multiprocessing semaphore's cleanup, whose import meets the
+# same patch; etils, upstream) stays a warning. Importing tfds here first did not avoid that.
+import tracemalloc  # noqa: F401  pylint: disable=unused-import
 
 _CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                                os.path.join(tempfile.gettempdir(), "adam_v2_jax_test_xla_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
-# tensorflow_datasets imports its modules under etils' lazy_imports, which patches __import__ for
-# the whole process while it runs. A finalizer that the garbage collector runs meanwhile (an
-# earlier test's multiprocessing semaphore) then fails its own import, and pytest's report of
-# that imported tracemalloc under the patch and failed the test at hand (once in CI, in
-# test_prepare). Both imported here, before any test makes such objects.
-import tracemalloc  # noqa: F401,E402  pylint: disable=unused-import
-import tensorflow_datasets  # noqa: F401,E402  pylint: disable=unused-import
 
 
 import pytest  # noqa: E402
