@@ -33,9 +33,11 @@ _RANDOM_SEEDS = flags.DEFINE_list("random_seeds", ["0"], "Seeds of the random-in
                                   "(several show how much one random draw differs from another).")
 def _all_ints(values) -> bool:
   try:
-    return all(isinstance(int(v), int) for v in values)
+    for v in values:
+      int(v)
   except ValueError:
     return False
+  return True
 
 
 flags.register_validator("random_seeds", _all_ints, "comma-separated integers, e.g. 0,1,2")

@@ -4,7 +4,6 @@ A run is a plan of segments (stage, level) of known lengths. The position of a r
 step; a checkpoint records it with the stage, level and the steps done in the level, so a restart
 with the same command continues where the last good checkpoint left off, data iterator included.
 """
-import collections
 import dataclasses
 import os
 import time
@@ -71,11 +70,6 @@ def run(config, workdir: str) -> dict:
 def _run(config, workdir: str) -> dict:
   mesh = sharding.make_mesh()
   global_batch = config.per_device_batch * jax.device_count()
-  per_process = collections.Counter(d.process_index for d in jax.devices())
-  if len(set(per_process.values())) > 1:  # the pipeline splits the batch evenly; every process
-    raise validate.ConfigError(  # sees the whole device list, so all of them stop here
-        "every process needs the same number of devices; devices per process: " + ", ".join(
-            f"process {p}: {n}" for p, n in sorted(per_process.items())))
   rows = sharding.process_slice(mesh, global_batch)
   source = pipeline.source_for(config)
   try:  # else hosts split different lists: records lost or fed twice

@@ -1,5 +1,6 @@
 """Checks a config before anything is compiled or read: unknown keys, wrong types, values out of
 range. Every error names the key, the bad value and what is allowed."""
+import collections
 import json
 import math
 import os
@@ -128,6 +129,11 @@ def check_values(config, device_count: int):
     _fail("data.channels", d.channels, "1 (grey) or 3 (colour)")
   if config.per_device_batch < 1:
     _fail("per_device_batch", config.per_device_batch, "must be >= 1")
+  per_process = _devices_per_process()
+  if len(set(per_process.values())) > 1:  # the pipeline splits the batch evenly; every process
+    raise ConfigError(  # sees the whole device list, so all of them stop here
+        "every process needs the same number of devices; devices per process: " + ", ".join(
+            f"process {p}: {n}" for p, n in sorted(per_process.items())))
   if (config.per_device_batch * device_count) % max(1, _process_count()):
     _fail("per_device_batch", config.per_device_batch, "the global batch must split evenly "
           "over the processes")
@@ -258,6 +264,11 @@ def check_resume(config, workdir: str):
 def _process_count() -> int:
   import jax  # pylint: disable=g-import-not-at-top
   return jax.process_count()
+
+
+def _devices_per_process() -> dict[int, int]:
+  import jax  # pylint: disable=g-import-not-at-top
+  return collections.Counter(d.process_index for d in jax.devices())
 
 
 def check(config, device_count: int, workdir: str | None = None):
