@@ -29,6 +29,9 @@ class NoCheckpointLeft(RuntimeError):
   """Every checkpoint of a workdir was unreadable: starting over would overwrite the run."""
 
 
+_ELSEWHERE = RuntimeError("another process could not read it")
+
+
 class Checkpointer:
   """Saves and restores (state, position, data iterator) at global steps."""
 
@@ -77,11 +80,15 @@ class Checkpointer:
     if data_iter is not None:
       self._check_process_count(step)
       items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    out, error = None, None
     try:
       out = self._mngr.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # pylint: disable=broad-except
-      self.set_aside(step, e)
-      raise Unreadable(f"checkpoint {step} is unreadable and was moved aside") from e
+      error = e
+      _join_closing_sync()
+    if not sharding.all_ok(f"restore {step}", error is None):  # one host failing is enough
+      self.set_aside(step, error or _ELSEWHERE)
+      raise Unreadable(f"checkpoint {step} is unreadable and was moved aside") from error
     return out["state"], out["position"]
 
   def _check_process_count(self, step: int):
@@ -103,10 +110,15 @@ class Checkpointer:
     """(step, position) of the newest readable checkpoint, or None. Unreadable ones are moved
     aside with a warning (never deleted), so the previous checkpoint is used."""
     for step in reversed(self.steps()):
+      position, error = None, None
       try:
-        return step, self.position(step)
+        position = self.position(step)
       except Exception as e:  # pylint: disable=broad-except
-        self.set_aside(step, e)
+        error = e
+        _join_closing_sync()
+      if sharding.all_ok(f"position {step}", error is None):  # the hosts decide together
+        return step, position
+      self.set_aside(step, error or _ELSEWHERE)
     aside = os.path.join(self.workdir, "corrupt_checkpoints")
     if os.path.isdir(aside) and os.listdir(aside):
       raise NoCheckpointLeft(
@@ -117,7 +129,8 @@ class Checkpointer:
     return None
 
   def set_aside(self, step: int, error: Exception):
-    """Moves checkpoint `step` out of the manager's directory after a failed read."""
+    """Moves checkpoint `step` out of the manager's directory after a failed read. Every process
+    calls it (they agree through sharding.all_ok); process 0 moves, the others wait."""
     logging.warning("checkpoint %d in %s is unreadable (%s: %s); falling back to the previous one",
                     step, self.directory, type(error).__name__, error)
     if jax.process_index() == 0:
@@ -131,6 +144,15 @@ class Checkpointer:
   def close(self):
     self._mngr.wait_until_finished()
     self._mngr.close()
+
+
+def _join_closing_sync():
+  """After a restore that raised on this host: joins the sync that closes orbax's restore, where
+  the hosts that read the checkpoint now wait (a device collective, without a timeout), so that
+  every host reaches the common decision (sharding.all_ok) instead of hanging."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("Checkpointer:restore")  # orbax's name for it
 
 
 def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:

@@ -1,6 +1,7 @@
 """Run outputs on process 0: metrics.jsonl, TensorBoard events (tensorboardX, no TensorFlow), and a
 console line with progress, losses, throughput and ETA."""
 import json
+import math
 import os
 import time
 
@@ -16,15 +17,24 @@ class MetricWriter:
 
   Only process 0 writes; the others are no-ops, so callers need not check. A run that resumes
   from step S passes resume_step=S: the records of later steps, written before the run stopped
-  and about to be written again, are dropped first, so the file has each step once.
+  and about to be written again, are dropped first, so the file has each step once. The JSONL is
+  strict JSON: a non-finite value (a skipped step's loss) is written as null.
+
+  plan: the run's segments as (steps, mode) in order, for the ETA: each mode (an L step costs
+  about half an LCD one) is timed on its own steps; without it every step counts alike.
   """
 
   def __init__(self, workdir: str, total_steps: int, tensorboard: bool = True,
-               resume_step: int = 0):
+               resume_step: int = 0, plan=None, clock=time.perf_counter):
     self.active = jax.process_index() == 0
     self.total_steps = total_steps
+    self._plan = list(plan) if plan else [(total_steps, None)]
+    self._by_mode = bool(plan)
+    self._clock = clock
     self._jsonl = self._tb = None
-    self._t0 = self._s0 = None
+    self._t0 = self._s0 = self._mode = None
+    self._last = (None, 0)  # (time, step) of the last record written
+    self._timed = {}  # mode -> (seconds, steps) of the finished timed stretches
     if not self.active:
       return
     os.makedirs(workdir, exist_ok=True)
@@ -39,34 +49,55 @@ class MetricWriter:
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1,
                                flush_secs=1)
 
-  def start_clock(self, step: int):
-    """Marks where throughput and ETA are counted from (after compilation)."""
-    self._t0, self._s0 = time.perf_counter(), step
+  def start_clock(self, step: int, mode: str | None = None):
+    """Marks where a timed stretch of `mode` steps starts (after its compilation); the stretch
+    before it, up to its last written step, is kept for its mode's rate."""
+    if self._t0 is not None and self._last[1] > self._s0:
+      seconds, steps = self._timed.get(self._mode, (0.0, 0))
+      self._timed[self._mode] = (seconds + self._last[0] - self._t0,
+                                 steps + self._last[1] - self._s0)
+    self._t0, self._s0, self._mode = self._clock(), step, mode if self._by_mode else None
+    self._last = (self._t0, step)
 
-  def eta_seconds(self, step: int) -> float | None:
+  def eta_seconds(self, step: int) -> tuple[float, bool] | None:
+    """(seconds left after `step`, whether every mode still ahead has been timed: when not, the
+    figure leaves out the steps of the untimed modes and is a lower bound), or None before the
+    first timed step."""
     if self._t0 is None or step <= self._s0:
       return None
-    rate = (time.perf_counter() - self._t0) / (step - self._s0)
-    return rate * (self.total_steps - step)
+    timed = dict(self._timed)
+    seconds, steps = timed.get(self._mode, (0.0, 0))
+    timed[self._mode] = (seconds + self._clock() - self._t0, steps + step - self._s0)
+    eta, complete, start = 0.0, True, 0
+    for n, mode in self._plan:
+      left = max(0, min(start + n, self.total_steps) - max(start, step))
+      start += n
+      if left and mode in timed:
+        eta += left * timed[mode][0] / timed[mode][1]
+      elif left:
+        complete = False
+    return eta, complete
 
   def write(self, step: int, record: dict):
     """record: step-level scalars (floats/ints) and strings; `step` is the run's global step."""
     if not self.active:
       return
     record = {"step": step, **record}
-    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.write(json.dumps({k: _finite_or_none(v) for k, v in record.items()},
+                                 allow_nan=False) + "\n")
     if self._tb is not None:
       for k, v in record.items():
         if isinstance(v, (int, float)) and k != "step":
           self._tb.add_scalar(k, v, step)
     eta = self.eta_seconds(step)
+    self._last = (self._clock(), step)
     parts = [f"step {step}/{self.total_steps}",
              f"stage {record.get('stage')} ({record.get('mode')}) level {record.get('level')}"]
     parts += [f"{k.replace('loss_', '')} {record[k]:.4g}" for k in CONSOLE_KEYS if k in record]
     if record.get("images_per_sec") is not None:
       parts.append(f"{record['images_per_sec']:.1f} anchors/s")
     if eta is not None:
-      parts.append(f"ETA {format_seconds(eta)}")
+      parts.append(f"ETA {'' if eta[1] else '> '}{format_seconds(eta[0])}")
     logging.info(" | ".join(parts))
 
   def close(self):
@@ -74,6 +105,10 @@ class MetricWriter:
       self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
+
+
+def _finite_or_none(v):
+  return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def _keep_until(path: str, step: int):

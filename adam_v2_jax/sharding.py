@@ -90,20 +90,32 @@ def barrier(name: str, timeout_s: int = 3600):
   distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
 
 
-def check_same_on_every_process(name: str, value: str, timeout_s: int = 600):
-  """Raises ValueError on every process when the processes' `value`s differ (a no-op alone).
+def gather(name: str, value: str, timeout_s: int = 600) -> list[str]:
+  """Every process's `value`, in process order ([value] alone).
 
-  Through the coordination service's key-value store, like barrier. `name` says what is compared
-  (it is part of the key and of the message).
+  Through the coordination service's key-value store, like barrier; every process must call it
+  with the same names in the same order (a call counter makes the keys unique).
   """
   if jax.process_count() == 1:
-    return
+    return [value]
   from jax._src import distributed  # pylint: disable=g-import-not-at-top
   client = distributed.global_state.client
-  key = f"adam_v2_jax/same/{name}/{next(_CHECKS)}"  # every process counts its checks alike
+  key = f"adam_v2_jax/{name}/{next(_CHECKS)}"
   client.key_value_set(f"{key}/{jax.process_index()}", value)
-  values = [client.blocking_key_value_get(f"{key}/{p}", timeout_s * 1000)
-            for p in range(jax.process_count())]
+  return [client.blocking_key_value_get(f"{key}/{p}", timeout_s * 1000)
+          for p in range(jax.process_count())]
+
+
+def all_ok(name: str, ok: bool) -> bool:
+  """True on every process when `ok` is true on every process, else False on every process, so
+  that the hosts take the same branch after a step that may fail on one of them."""
+  return all(v == "1" for v in gather(f"ok/{name}", "1" if ok else "0"))
+
+
+def check_same_on_every_process(name: str, value: str, timeout_s: int = 600):
+  """Raises ValueError on every process when the processes' `value`s differ (a no-op alone).
+  `name` says what is compared (it is part of the key and of the message)."""
+  values = gather(f"same/{name}", value, timeout_s)
   if len(set(values)) > 1:
     raise ValueError(f"{name} differs between processes: " + ", ".join(
         f"process {p} has {v}" for p, v in enumerate(values)) + "; every host must read the same "

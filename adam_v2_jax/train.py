@@ -89,7 +89,8 @@ def _run(config, workdir: str) -> dict:
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     checkpoint_lib.save_config(workdir, config)
-  writer = metrics_lib.MetricWriter(workdir, total, resume_step=resume[0] if resume else 0)
+  writer = metrics_lib.MetricWriter(workdir, total, resume_step=resume[0] if resume else 0,
+                                    plan=[(s.steps, s.mode) for s in segments])
   watch = health.Watch(config.max_bad_steps, config.model.out_dim)
   stop = preemption.Preemption()
   root_key = jax.random.key(config.seed)
@@ -225,7 +226,7 @@ def _run_segment(config, seg, state, step_fn, it, done, mesh, root_key, ckpt, wr
     n_log += 1
     if k == done:  # the first step of a segment compiles and fills the pipeline: not timed
       jax.block_until_ready(metrics)
-      writer.start_clock(g + 1)
+      writer.start_clock(g + 1, seg.mode)
       t_log, n_log = time.perf_counter(), 0
     if (g + 1) % config.log_every == 0 or k == seg.steps - 1:
       jax.block_until_ready(pending[1])  # time the n_log steps done, not only dispatched

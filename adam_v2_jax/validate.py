@@ -149,6 +149,12 @@ def check_values(config, device_count: int):
     if v[key] < 1:
       _fail(f"views.{key}", v[key], "must be >= 1")
   check_view_ranges(config)
+  if registry.family(m.backbone) == "vit":
+    patch = registry.architecture(m.backbone)["patch_size"]
+    for key in ("global_size", "local_size"):
+      if v[key] % patch:
+        _fail(f"views.{key}", v[key], f"a multiple of {patch}: {m.backbone} cuts views into "
+              f"{patch} px patches and would drop the rest")
   if d.lcd_border < 0:
     _fail("data.lcd_border", d.lcd_border, "must be >= 0 (px kept from the image border by "
           "stage-LCD anchors at levels >= 1)")

@@ -99,11 +99,50 @@ def test_voi_lut_sequence(tmp_path):
   np.testing.assert_array_equal(out[:, :, 0], lut[p])
 
 
+def test_voi_lut_declaring_more_bits_than_its_entries_use(tmp_path):
+  # 16-bit entries declared, 12 used (0..4095): scaled from the bits the entries need, not black
+  item = Dataset()
+  item.LUTDescriptor = [4096, 0, 16]
+  lut = np.arange(4096, dtype=np.uint16)
+  item.LUTData = lut.tolist()
+  item["LUTData"].VR = "US"
+  p = _pixels()
+  out = dicom.read_dicom(write_dicom(tmp_path / "lut12.dcm", p, VOILUTSequence=[item]))
+  np.testing.assert_array_equal(out[:, :, 0], np.round(p / 4095 * 255))
+  item.LUTData = (lut * 16).tolist()  # entries that do use 16 bits: scaled from 16 bits
+  out = dicom.read_dicom(write_dicom(tmp_path / "lut16.dcm", p, VOILUTSequence=[item]))
+  np.testing.assert_array_equal(out[:, :, 0], np.round(p * 16 / 65535 * 255))
+  del item.LUTData  # the same 12-bit entries as OW bytes
+  item.add_new(0x00283006, "OW", lut.astype("<u2").tobytes())
+  out = dicom.read_dicom(write_dicom(tmp_path / "lut_ow.dcm", p, VOILUTSequence=[item]))
+  np.testing.assert_array_equal(out[:, :, 0], np.round(p / 4095 * 255))
+
+
 def test_minmax_normalize(tmp_path):
   p = np.array([[100, 200, 300]], np.uint16)
   path = write_dicom(tmp_path / "mm.dcm", p)
   np.testing.assert_array_equal(dicom.read_dicom(path, normalize="minmax")[0, :, 0], [0, 128, 255])
   assert dicom.read_dicom(path)[0, :, 0].max() < 20  # the stored-bit range: dark
+
+
+def test_padding_is_left_out_of_minmax_and_shown_black(tmp_path):
+  # a detector's border stored as padding (here 0 under MONOCHROME1, i.e. white if displayed)
+  p = np.array([[0, 100, 200, 300], [0, 0, 100, 300]], np.uint16)
+  m1 = write_dicom(tmp_path / "pad.dcm", p, photometric="MONOCHROME1", PixelPaddingValue=0)
+  out = dicom.read_dicom(m1, normalize="minmax")[:, :, 0]
+  # image values 100..300 span the whole range (inverted); padding is 0, not 255
+  np.testing.assert_array_equal(out, [[0, 255, 128, 0], [0, 0, 255, 0]])
+  ranged = write_dicom(tmp_path / "range.dcm", np.array([[50, 90, 200, 300]], np.uint16),
+                       PixelPaddingValue=40, PixelPaddingRangeLimit=95)
+  np.testing.assert_array_equal(dicom.read_dicom(ranged, normalize="minmax")[0, :, 0],
+                                [0, 0, 0, 255])
+  # a real CT whose scan circle is padded with -2000: without the mask, minmax scaled from -2000
+  ct = get_testdata_file("693_UNCR.dcm")
+  ds = pydicom.dcmread(ct)
+  inside = ds.pixel_array != ds.PixelPaddingValue
+  assert 0 < inside.mean() < 1
+  out = dicom.read_dicom(ct, normalize="minmax")[:, :, 0]
+  assert (out[~inside] == 0).all() and out[inside].min() == 0 and out[inside].max() == 255
 
 
 def test_real_chest_cr_monochrome1():

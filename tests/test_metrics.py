@@ -45,3 +45,47 @@ def test_records_are_on_disk_when_logged_and_a_resume_keeps_each_step_once(tmp_p
   # a new events file from step 3 on; it starts by purging the old file's steps >= 3
   assert [(i, s) for i, s, _ in _tb_loss_steps(str(tmp_path)) if i == 1] == [
       (1, 3), (1, 4), (1, 5), (1, 6)]
+
+
+class _Clock:
+  def __init__(self):
+    self.now = 0.0
+
+  def __call__(self):
+    return self.now
+
+
+def test_eta_times_each_mode_on_its_own_steps_and_is_a_lower_bound_until_then(tmp_path):
+  # 10 L steps at 1 s, then 10 LCD steps at 2 s (the first step of each stretch compiles and is
+  # not timed). Counting every step alike ran low in stage L; now it says so, then is exact.
+  clock = _Clock()
+  w = metrics.MetricWriter(str(tmp_path), total_steps=20, tensorboard=False,
+                           plan=[(4, "L"), (6, "L"), (10, "LCD")], clock=clock)
+  clock.now = 30.0                        # step 1 compiled
+  w.start_clock(1, "L")
+  clock.now += 3.0                        # steps 2-4
+  assert w.eta_seconds(4) == (6.0, False)  # 6 L steps left at 1 s; the LCD steps untimed
+  w.write(4, {"loss": 1.0})
+  clock.now += 7.0                        # the level's save and the next compile: not a rate
+  w.start_clock(5, "L")
+  clock.now += 5.0                        # steps 6-10
+  w.write(10, {"loss": 1.0})
+  clock.now += 9.0
+  w.start_clock(11, "LCD")
+  clock.now += 4.0                        # steps 12-13
+  assert w.eta_seconds(13) == (14.0, True)  # 7 LCD steps at 2 s
+  w.write(13, {"loss": float("nan"), "finite": 0.0})
+  w.close()
+  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert rows[-1] == {"step": 13, "loss": None, "finite": 0.0}  # strict JSON: null, not NaN
+  assert "NaN" not in open(tmp_path / "metrics.jsonl").read()
+
+
+def test_eta_without_a_plan_counts_every_step_alike(tmp_path):
+  clock = _Clock()
+  w = metrics.MetricWriter(str(tmp_path), total_steps=10, tensorboard=False, clock=clock)
+  assert w.eta_seconds(0) is None
+  w.start_clock(1, "L")
+  clock.now = 2.0
+  assert w.eta_seconds(3) == (7.0, True)
+  w.close()

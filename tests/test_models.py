@@ -196,6 +196,15 @@ def test_vit_position_embedding_resampling():
   np.testing.assert_allclose(vit.resample_pos_embed(const, 4, 4)[:, 1:], 0.7, atol=1e-5)
 
 
+def test_vit_refuses_sides_that_are_not_multiples_of_the_patch():
+  # a 40 px view through 16 px patches used to drop its last 8 rows and columns silently
+  v = random_variables("tiny_vit")
+  with pytest.raises(ValueError, match="40 x 32 px: both sides must be multiples of the patch "
+                                       "size 16"):
+    _features("tiny_vit")(v, jnp.zeros((1, 40, 32, 3)))
+  assert _features("tiny_vit")(v, jnp.zeros((1, 48, 32, 3))).shape == (1, 48)
+
+
 def test_drop_path_is_stochastic_only_in_training():
   v = random_variables("tiny_vit")
   drop = _features("tiny_vit", train=True, drop_path=0.5)

@@ -120,7 +120,7 @@ def test_one_non_finite_step_is_skipped_and_the_run_goes_on(tmp_path):
   assert [r["step"] for r in rows] == [2, 3, 4, 6, 8]  # every 3rd step and each level's end
   bad = [r for r in rows if r["finite"] == 0.0]
   assert [r["step"] for r in bad] == [6]
-  assert math.isnan(bad[0]["loss_localizability"])
+  assert bad[0]["loss_localizability"] is None  # NaN, written as strict JSON
   assert all(math.isfinite(r["loss"]) for r in rows if r["step"] != 6)
   assert "step 6: non-finite localizability" in out.stderr
   assert checkpoint.Checkpointer(str(tmp_path)).steps()[-1] == 8
@@ -169,6 +169,8 @@ def _cfg(**changes):
     ({"views.jitter_p": 1.5}, ["views.jitter_p", "[0, 1]"]),
     ({"views.rotation_lcd": -10.0}, ["views.rotation_lcd", ">= 0"]),
     ({"data.bit_depth": 12}, ["data.bit_depth", "8 or 16"]),
+    ({"model.backbone": "tiny_vit", "views.local_size": 40},
+     ["views.local_size", "40", "a multiple of 16", "tiny_vit"]),
     ({"data.workers": -1}, ["data.workers", ">= 0"]),
     ({"steps_per_epoch": -2}, ["steps_per_epoch", ">= 0"]),
     ({"data.source": "mixture", "data.mixture": [{"source": "folder", "path": "/x",
@@ -298,3 +300,37 @@ def test_url_workdir_fails_before_writing_anything(tmp_path, monkeypatch):
   with pytest.raises(validate.ConfigError, match="'gs://b/run': a URL.*Mount the bucket"):
     validate.check_workdir("gs://b/run")
   assert not os.listdir(tmp_path)  # no local ./gs:/b/run
+
+
+def _two_saved_steps(tmp_path):
+  ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
+  for step in (1, 2):
+    ckpt.save(step, {"w": np.full(3, step, np.float32)}, {"step": step})
+  return ckpt
+
+
+def test_a_checkpoint_another_host_cannot_read_is_set_aside_on_every_host(tmp_path, monkeypatch):
+  # This host reads step 2; another host does not (all_ok says so): every host must fall back
+  # to step 1 together, instead of this one resuming from 2 while the other waits.
+  ckpt = _two_saved_steps(tmp_path)
+  asked = []
+  monkeypatch.setattr(checkpoint.sharding, "all_ok",
+                      lambda name, ok: asked.append((name, ok)) or name != "position 2")
+  assert ckpt.latest_good_position() == (1, {"step": 1})
+  assert asked == [("position 2", True), ("position 1", True)]
+  assert os.path.isdir(tmp_path / "corrupt_checkpoints" / "2") and ckpt.steps() == [1]
+  abstract = {"w": jax.ShapeDtypeStruct((3,), np.float32)}
+  monkeypatch.setattr(checkpoint.sharding, "all_ok", lambda name, ok: name != "restore 1")
+  with pytest.raises(checkpoint.Unreadable, match="checkpoint 1 is unreadable"):
+    ckpt.restore(1, abstract)
+  assert os.path.isdir(tmp_path / "corrupt_checkpoints" / "1") and ckpt.steps() == []
+  ckpt.close()
+
+
+def test_every_host_reading_a_checkpoint_resumes_from_it(tmp_path):
+  ckpt = _two_saved_steps(tmp_path)
+  assert ckpt.latest_good_position() == (2, {"step": 2})
+  state, position = ckpt.restore(2, {"w": jax.ShapeDtypeStruct((3,), np.float32)})
+  np.testing.assert_array_equal(state["w"], np.full(3, 2, np.float32))
+  assert position == {"step": 2} and not (tmp_path / "corrupt_checkpoints").exists()
+  ckpt.close()

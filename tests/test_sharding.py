@@ -35,3 +35,36 @@ def test_make_mesh_spans_every_device_and_one_process_feeds_every_row():
   assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in jax.devices())
   n = 4 * len(jax.devices())
   assert sharding.process_slice(mesh, n) == (0, n)
+
+
+_AGREE = """
+import sys, jax
+jax.distributed.initialize(f"localhost:{sys.argv[1]}", 2, int(sys.argv[2]))
+from adam_v2_jax import sharding
+me = jax.process_index()
+print("gather", sharding.gather("x", f"v{me}"))
+print("ok_if_all", sharding.all_ok("a", True))
+print("one_fails", sharding.all_ok("b", me == 0))   # only process 1 fails: both must see False
+"""
+
+
+def test_gather_and_all_ok_agree_across_two_processes():
+  import socket, subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  from tests.helpers import ROOT, run_env  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  procs = [subprocess.Popen([sys.executable, "-c", _AGREE, str(port), str(i)], cwd=ROOT,
+                            env=run_env(XLA_FLAGS=""), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-2000:]
+    assert "gather ['v0', 'v1']" in out
+    assert "ok_if_all True" in out
+    assert "one_fails False" in out
+
+
+def test_alone_gather_and_all_ok_are_local():
+  assert sharding.gather("x", "v") == ["v"]
+  assert sharding.all_ok("y", True) and not sharding.all_ok("z", False)

@@ -6,6 +6,8 @@ from is the one the standard gives that step's output: the VOI LUT's entry depth
 window's output range (the rescaled stored-bit range, as pydicom computes it), else the stored bit
 depth (BitsStored, PixelRepresentation) through the rescale. `normalize="minmax"` stretches each
 image's own min..max instead, for corpora whose headers claim more bits than the data use.
+Padding pixels (PixelPaddingValue, up to PixelPaddingRangeLimit: the area outside the detector or
+the scan's circle) are left out of that min..max and shown black in either mode.
 """
 import io
 
@@ -70,9 +72,12 @@ def decode_dicom(data: bytes, name: str, *, bit_depth: int = 8, normalize: str =
       if arr.ndim != 2:  # e.g. 3 samples per pixel under a grey header
         raise BadRecord(f"{name}: {photometric} with pixel shape {arr.shape} (SamplesPerPixel "
                         f"{ds.get('SamplesPerPixel')})")
-      unit = _grey_to_unit(arr, ds, normalize)
+      padding = _padding_mask(arr, ds)
+      unit = _grey_to_unit(arr, ds, normalize, padding)
       if photometric == "MONOCHROME1":
         unit = 1.0 - unit
+      if padding is not None:  # not image: black, whichever way the grey runs
+        unit[padding] = 0.0
       unit = unit[:, :, None]
     elif (photometric == "RGB" or photometric.startswith("YBR")) and arr.ndim == 3 \
         and arr.shape[-1] == 3:  # RGB (pydicom turned YBR into RGB)
@@ -88,8 +93,20 @@ def decode_dicom(data: bytes, name: str, *, bit_depth: int = 8, normalize: str =
   return np.round(unit * top).astype(np.uint8 if bit_depth == 8 else np.uint16)
 
 
-def _grey_to_unit(arr: np.ndarray, ds, normalize: str) -> np.ndarray:
-  """Grey stored values -> float32 in [0, 1] (0 = the low end of the display range)."""
+def _padding_mask(arr: np.ndarray, ds):
+  """bool[H, W] of the padding pixels (stored values), or None when the image has none."""
+  try:
+    a = int(ds.get("PixelPaddingValue"))
+    b = int(ds.get("PixelPaddingRangeLimit", a))
+  except (TypeError, ValueError):  # absent, or an undecodable 'US or SS' value
+    return None
+  mask = (arr >= min(a, b)) & (arr <= max(a, b))
+  return mask if mask.any() and not mask.all() else None
+
+
+def _grey_to_unit(arr: np.ndarray, ds, normalize: str, padding=None) -> np.ndarray:
+  """Grey stored values -> float32 in [0, 1] (0 = the low end of the display range); `padding`
+  (bool[H, W] or None) is left out of a minmax range."""
   lo, hi = _stored_range(ds)
   values = dcm_pixels.apply_modality_lut(arr, ds)
   if ds.get("ModalityLUTSequence"):
@@ -105,7 +122,9 @@ def _grey_to_unit(arr: np.ndarray, ds, normalize: str) -> np.ndarray:
       if not np.issubdtype(values.dtype, np.integer):
         values = np.round(values).astype(np.int64)  # LUT inputs are integers
       descriptor = list(ds.VOILUTSequence[0].LUTDescriptor)
-      lo, hi = 0, 2 ** int(descriptor[2]) - 1
+      # Writers often declare 16-bit entries for a LUT whose data use 12 (or 8): scaled from 16
+      # bits such an image is nearly black. Use the bits the entries need, as dcmtk does.
+      lo, hi = 0, 2 ** _lut_bits(ds.VOILUTSequence[0].LUTData, int(descriptor[2])) - 1
       if int(descriptor[2]) == 8:
         # pydicom 3.0 indexes an 8-bit-entry LUT with uint8 indices, wrapping inputs > 255;
         # declaring 16-bit entries (the values are unchanged) keeps the indices whole.
@@ -117,7 +136,18 @@ def _grey_to_unit(arr: np.ndarray, ds, normalize: str) -> np.ndarray:
     if not has_lut and hi < lo:
       values = (lo + hi) - values.astype(np.float64)
       lo, hi = hi, lo
-  return _unit(values, min(lo, hi), max(lo, hi), normalize)
+  return _unit(values, min(lo, hi), max(lo, hi), normalize, padding)
+
+
+def _lut_bits(data, declared: int) -> int:
+  """Bits a LUT's entries need (8 at least, `declared` at most); LUTData is a list (US) or bytes
+  of 16-bit words (OW)."""
+  if isinstance(data, (bytes, bytearray)):
+    data = np.frombuffer(bytes(data[:len(data) // 2 * 2]), "<u2")
+  entries = np.asarray(data).ravel()
+  if entries.size == 0 or not np.issubdtype(entries.dtype, np.number):
+    return declared
+  return min(declared, max(8, int(entries.max()).bit_length()))
 
 
 def _first(value) -> float:
@@ -150,10 +180,11 @@ def _rescale(ds, v: float) -> float:
   return v
 
 
-def _unit(values: np.ndarray, lo: float, hi: float, normalize: str) -> np.ndarray:
+def _unit(values: np.ndarray, lo: float, hi: float, normalize: str, padding=None) -> np.ndarray:
   values = values.astype(np.float32)
   if normalize == "minmax":
-    lo, hi = float(values.min()), float(values.max())
+    image = values if padding is None else values[~padding]
+    lo, hi = float(image.min()), float(image.max())
   if hi <= lo:
     return np.zeros(values.shape, np.float32)
   return np.clip((values - lo) / (hi - lo), 0.0, 1.0)

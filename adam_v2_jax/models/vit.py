@@ -75,6 +75,9 @@ class VisionTransformer(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     p, d = self.patch_size, self.embed_dim
+    if x.shape[1] % p or x.shape[2] % p:  # the strided patch conv would drop the remainder
+      raise ValueError(f"ViT input of {x.shape[1]} x {x.shape[2]} px: both sides must be "
+                       f"multiples of the patch size {p}")
     fan_in = 3 * p * p
     x = layers.conv(d, p, p, 0, use_bias=True, dtype=self.dtype, name="patch_embed_proj",
                     kernel_init=layers.torch_default_kernel(),
