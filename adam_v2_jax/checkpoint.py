@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from absl import logging
 
-from adam_v2_jax import sharding
+from adam_v2_jax import cli, sharding
 
 
 class Unreadable(RuntimeError):
@@ -231,7 +231,7 @@ def load_weights_or_exit(prog: str, workdir: str, step: int | None, model: str):
   try:
     return load_weights(workdir, step, model)
   except (FileNotFoundError, ValueError, RuntimeError) as e:
-    raise SystemExit(f"{prog}: {e}") from None
+    cli.fail(prog, e)
 
 
 def _on_this_host(mngr, step: int):

@@ -23,6 +23,8 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
+from adam_v2_jax import cli
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -244,7 +246,7 @@ def main(argv: Sequence[str]) -> None:
     if not fl[name].value:
       raise app.UsageError(f"--{name} is required")
   if not os.path.exists(fl.images):  # before the weights are loaded
-    _exit(f"--images {fl.images}: no such folder or file")
+    cli.fail("embed", f"--images {fl.images}: no such folder or file")
   from adam_v2_jax import checkpoint   # pylint: disable=g-import-not-at-top
   config, step, variables, _ = checkpoint.load_weights_or_exit("embed", fl.workdir, fl.step,
                                                               fl.model)
@@ -255,7 +257,7 @@ def main(argv: Sequence[str]) -> None:
                             std=tuple(config.views.std),
                             dicom_normalize=config.data.get("dicom_normalize", "voi"))
   except (ValueError, OSError) as e:  # unreadable input: the message names the file
-    _exit(str(e))
+    cli.fail("embed", str(e))
   out = fl.out if fl.out.endswith(".npy") else fl.out + ".npy"
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   np.save(out, emb)
@@ -264,11 +266,6 @@ def main(argv: Sequence[str]) -> None:
       f.write("\n".join(files) + "\n")
   print(f"{out}: {emb.shape[0]} embeddings of dim {emb.shape[1]} "
         f"({config.model.backbone} {fl.model}, step {step})")
-
-
-def _exit(message: str):
-  print(f"embed: error: {message}", file=sys.stderr)
-  sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ patches of the phantom's held-out patients by default, or of the images of a lan
 figures and report.md (analysis/report.py).
 """
 import os
-import sys
 
 import numpy as np
 from absl import app, flags, logging
+
+from adam_v2_jax import cli
 
 from adam_v2_jax.analysis import analyses
 from adam_v2_jax.analysis import cases as cases_lib
@@ -228,8 +229,7 @@ def main(argv):
                            wholes_per_case=_WHOLES.value, triples_per_case=_TRIPLES.value,
                            level_cases=_LEVEL_CASES.value, tsne_iters=_TSNE_ITERS.value))
   except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail("evaluate", e)
   for r in paths.pop("results"):
     logging.info("done: %s", r)
   print(f"wrote {paths['report']}, {paths['metrics']} and {len(report.PLOT_FILES)} figures "

@@ -13,12 +13,12 @@ Adam-v2 PyTorch layout (head.*, compose_head.*, decompose_head.*).
 import datetime
 import json
 import os
-import sys
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 from absl import app, flags
 
 import adam_v2_jax
+from adam_v2_jax import cli
 from adam_v2_jax import embed as embed_lib
 from adam_v2_jax import weights
 from adam_v2_jax.models import registry
@@ -120,8 +120,7 @@ def main(argv: Sequence[str]) -> None:
     export_variables(config.model.backbone, variables, fl.out, layout=fl.layout, heads=heads,
                      heads_out=fl.heads_out, config=config, step=step, model=fl.model)
   except ValueError as e:  # an export the layout cannot hold, named by the message
-    print(f"export: error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail("export", e)
   print(f"{fl.out}: {config.model.backbone} {fl.model} step {step} ({fl.layout} layout); "
         f"{sidecar_path(fl.out)}" + (f"; heads in {fl.heads_out}" if fl.heads_out else ""))
 

@@ -7,10 +7,11 @@
 """
 import logging as std_logging
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from adam_v2_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
                                           lock_config=True)
@@ -52,29 +53,25 @@ def _local_device_ids():
   try:
     return [int(i) for i in _LOCAL_DEVICES.value.split(",")]
   except ValueError:
-    _usage(f"--local_device_ids={_LOCAL_DEVICES.value}: comma-separated integers, e.g. 0,1")
-
-
-def _usage(message: str):
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
+    cli.fail("main", f"--local_device_ids={_LOCAL_DEVICES.value}: comma-separated integers, "
+             "e.g. 0,1")
 
 
 def check_process_flags():
   """The hand-started multi-process flags go together: a lone one was ignored or crashed in JAX."""
   n, pid, coord = _NUM_PROCESSES.value, _PROCESS_ID.value, _COORDINATOR.value
   if n is not None and n < 1:
-    _usage(f"--num_processes={n} must be >= 1")
+    cli.fail("main", f"--num_processes={n} must be >= 1")
   if (n or 1) > 1 and not coord:
-    _usage(f"--num_processes={n} needs --coordinator_address=HOST:PORT (process 0's)")
+    cli.fail("main", f"--num_processes={n} needs --coordinator_address=HOST:PORT (process 0's)")
   if pid is not None and not coord:
-    _usage(f"--process_id={pid} needs --coordinator_address and --num_processes")
+    cli.fail("main", f"--process_id={pid} needs --coordinator_address and --num_processes")
   if coord and (n is None or pid is None):
-    _usage("--coordinator_address needs --num_processes and --process_id")
+    cli.fail("main", "--coordinator_address needs --num_processes and --process_id")
   if pid is not None and not 0 <= pid < n:
-    _usage(f"--process_id={pid} must lie in [0, --num_processes={n})")
+    cli.fail("main", f"--process_id={pid} must lie in [0, --num_processes={n})")
   if _LOCAL_DEVICES.value and (n or 1) == 1:
-    _usage("--local_device_ids is for multi-process runs (with --num_processes)")
+    cli.fail("main", "--local_device_ids is for multi-process runs (with --num_processes)")
 
 
 class _QuietLibraries:
@@ -100,12 +97,10 @@ def main(argv):
     result = train.run(config, _WORKDIR.value)
   except (validate.ConfigError, checkpoint.NoCheckpointLeft) as e:  # before any step
     logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail("main", e)
   except health.Diverged as e:
     logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(3)
+    cli.fail("main", e, code=3)
   if result.get("preempted"):
     print(f"preempted at step {result['step']}; checkpoint saved. Resume with the same command.")
 
@@ -118,9 +113,7 @@ def parse_flags(argv):
     return rest
   except OSError as e:  # the config file: missing, unreadable
     detail = " ".join(l.strip() for l in str(e).splitlines()[1:] if l.strip())
-    print(f"error: --config: the config file could not be loaded: {detail or e}",
-          file=sys.stderr)
-    sys.exit(2)
+    cli.fail("main", f"--config: the config file could not be loaded: {detail or e}")
   except (AttributeError, KeyError, TypeError, ValueError, SyntaxError, flags.Error) as e:
     bad = [a for a in argv[1:] if a.startswith("--config.")]
     lines = [l.strip() for l in str(e).replace("\\n", "\n").splitlines() if l.strip()]
@@ -128,8 +121,7 @@ def parse_flags(argv):
     msg = msg.replace("\\'", "'")
     if len(msg) > 1 and msg[0] == msg[-1] and msg[0] in "'\"":  # a repr's quotes, as a pair
       msg = msg[1:-1]
-    print(f"error: bad configuration flag among {bad or argv[1:]}: {msg}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail("main", f"bad configuration flag among {bad or argv[1:]}: {msg}")
 
 
 if __name__ == "__main__":

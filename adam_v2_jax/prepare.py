@@ -20,6 +20,8 @@ import time
 
 import tensorflow_datasets as tfds
 
+from adam_v2_jax import cli
+
 from adam_v2_jax.data import prepared
 from adam_v2_jax.data.sources import make_source
 
@@ -166,7 +168,7 @@ def main(argv=None) -> int:
   try:
     name, builder, final = build(args)
   except ValueError as e:
-    print(f"prepare: {e}", file=sys.stderr)
+    cli.report("prepare", e)
     return 2
   info = builder.info
   bad = info.metadata.get("bad_records", []) if info.metadata is not None else []

@@ -172,7 +172,7 @@ def test_export_cli_rejects_bad_arguments(smoke, tmp_path):
   assert r.returncode != 0 and "must end in .safetensors or .pth" in r.stderr
   r = run_module("adam_v2_jax.export", f"--workdir={smoke}", f"--out={tmp_path}/w.pth",
                  "--step=12345")
-  assert r.returncode == 1 and "export: no checkpoint of step 12345" in r.stderr
+  assert r.returncode == 2 and "export: error: no checkpoint of step 12345" in r.stderr
   assert "Traceback" not in r.stderr
   bn = tmp_path / "head_bn_run"  # a run whose DINO head the released layout cannot hold
   shutil.copytree(smoke, bn)
