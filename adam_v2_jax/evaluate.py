@@ -30,6 +30,10 @@ _RANDOM_INIT = flags.DEFINE_bool("random_init", True, "Also analyse a randomly i
 _CALIBRATE_BN = flags.DEFINE_bool("calibrate_bn", True, "Estimate a random init's BatchNorm "
                                   "statistics on random patches of the analysed images (else "
                                   "they stay at 0 / 1 and BatchNorm is the identity).")
+_CALIBRATE_RUNS = flags.DEFINE_bool("calibrate_runs", False, "Also re-estimate the runs' "
+                                    "BatchNorm statistics on those patches (the random inits' "
+                                    "treatment for every model; the default keeps the teacher's "
+                                    "own statistics, from its training views).")
 _RANDOM_SEEDS = flags.DEFINE_list("random_seeds", ["0"], "Seeds of the random-init baselines "
                                   "(several show how much one random draw differs from another).")
 def _all_ints(values) -> bool:
@@ -127,15 +131,25 @@ def calibrate_batch_stats(config, variables, images: np.ndarray, batch_size: int
 
 
 def load_models(workdirs, names=None, step=None, random_init=True, random_seeds=(0,),
-                input_size=224, batch_size=32, calibration=None):
+                input_size=224, batch_size=32, calibration=None, calibrate_runs=False,
+                calibrate_random=True):
   """[(label, config, embed fn)] for each run's teacher, then the random inits.
 
   One random init per architecture and seed, labelled "random init", plus " (<backbone>)" when
   the runs differ in architecture and " seed <s>" when several seeds are given. With
   `calibration` images, a random init's BatchNorm statistics are estimated on them
-  (calibrate_batch_stats). Raises ValueError naming the workdir when it holds no readable
-  checkpoint.
+  (calibrate_batch_stats; unless not `calibrate_random`), and the runs' with `calibrate_runs`. Raises ValueError
+  naming the workdir when it holds no readable checkpoint.
   """
+  calibrators = {}
+
+  def calibrated(config, variables):
+    arch = config.model.backbone
+    if arch not in calibrators:
+      calibrators[arch] = (batch_stats_calibrator(config, calibration, batch_size)
+                           if calibration is not None else lambda v: v)
+    return calibrators[arch](variables)
+
   from adam_v2_jax import checkpoint  # pylint: disable=g-import-not-at-top
   if names and len(names) != len(workdirs):
     raise ValueError(f"--name given {len(names)} time(s) for {len(workdirs)} --workdir(s)")
@@ -147,6 +161,8 @@ def load_models(workdirs, names=None, step=None, random_init=True, random_seeds=
       raise ValueError(f"{wd}: cannot load a checkpoint ({e})") from e
     label = names[i] if names else f"{os.path.basename(os.path.normpath(wd))} (step {got_step})"
     logging.info("%s: %s backbone, step %d", wd, config.model.backbone, got_step)
+    if calibrate_runs:
+      variables = calibrated(config, variables)
     models.append((label, config, _teacher_embed(config, variables, batch_size)))
     configs.append(config)
   randoms = []  # (label, config, seed): labelled first, so a clash fails before any init
@@ -162,19 +178,16 @@ def load_models(workdirs, names=None, step=None, random_init=True, random_seeds=
   if twice:  # the report keys its figures and tables by label
     raise ValueError(f"two models would be labelled {twice[0]!r} (workdirs: {workdirs}); give "
                      f"each --workdir its own --name")
-  calibrators = {}
   for label, config, seed in randoms:
-    arch = config.model.backbone
-    if arch not in calibrators:
-      calibrators[arch] = (batch_stats_calibrator(config, calibration, batch_size)
-                           if calibration is not None else lambda v: v)
-    variables = calibrators[arch](random_init_variables(config, seed, input_size))
+    variables = random_init_variables(config, seed, input_size)
+    if calibrate_random:
+      variables = calibrated(config, variables)
     models.append((label, config, _teacher_embed(config, variables, batch_size)))
   return models
 
 
 def evaluate(workdirs, out, *, names=None, step=None, random_init=True, random_seeds=(0,),
-             calibrate_bn=True, landmarks_csv="",
+             calibrate_bn=True, calibrate_runs=False, landmarks_csv="",
              image_root="", cases=100, phantom_seed=None, phantom_start=None, phantom_size=None,
              input_size=None, cfg_overrides=None, view="centered") -> dict:
   """Runs the analyses on each run (and random init) and writes the outputs under `out`.
@@ -201,14 +214,16 @@ def evaluate(workdirs, out, *, names=None, step=None, random_init=True, random_s
   logging.info("sampling the analyses' patches from %d cases (%s)", len(case_list), source)
   aset = analyses.sample(case_list, cfg)
   models = load_models(workdirs, names, step, random_init, random_seeds, size, cfg.batch_size,
-                       aset.calibration if calibrate_bn else None)
+                       aset.calibration if calibrate_bn or calibrate_runs else None,
+                       calibrate_runs, calibrate_bn)
   results = []
   for label, _, embed in models:
     logging.info("analysing %s", label)
     results.append(analyses.run_model(label, embed, aset, cfg))
   settings = {"source": source, "cases": len(case_list), "workdirs": list(workdirs),
               "step": step, "models": [m[0] for m in models],
-              "random_init_bn": "calibrated" if calibrate_bn else "init"}
+              "random_init_bn": "calibrated" if calibrate_bn else "init",
+              "runs_bn": "calibrated" if calibrate_runs else "own"}
   paths = report.write_all(out, results, aset, cfg, settings, view)
   paths["results"] = {r.name: r.metrics for r in results}
   return paths
@@ -221,7 +236,8 @@ def main(argv):
         _WORKDIR.value, _OUT.value, names=_NAME.value, step=_STEP.value,
         random_init=_RANDOM_INIT.value,
         random_seeds=[int(v) for v in _RANDOM_SEEDS.value],
-        calibrate_bn=_CALIBRATE_BN.value, landmarks_csv=_CSV.value,
+        calibrate_bn=_CALIBRATE_BN.value, calibrate_runs=_CALIBRATE_RUNS.value,
+        landmarks_csv=_CSV.value,
         image_root=_IMAGE_ROOT.value,
         cases=_CASES.value, phantom_seed=_PHANTOM_SEED.value, phantom_start=_PHANTOM_START.value,
         phantom_size=_PHANTOM_SIZE.value, input_size=_INPUT_SIZE.value, view=_VIEW.value,

@@ -105,6 +105,30 @@ def test_calibrate_batch_stats_matches_batch_statistics(run_dir):
   assert err(got) < 0.3 and err(before) > 3 * err(got)
 
 
+def test_calibrate_runs_gives_the_runs_the_random_inits_treatment(run_dir):
+  config, _, variables, _ = checkpoint.load_weights(run_dir)
+  rng = np.random.default_rng(1)
+  images = np.clip(rng.normal(120, 40, (32, 32, 32, 1)), 0, 255).astype(np.uint8)
+  probe = images[:3]
+  from adam_v2_jax.models import registry
+  net = registry.create_backbone(config.model.backbone)
+  apply = jax.jit(lambda v, x: net.apply(v, x, train=False))
+
+  def direct(v):
+    x = (np.repeat(probe, 3, -1) / 255.0 - np.array(config.views.mean)) / np.array(
+        config.views.std)
+    return np.asarray(apply(v, x.astype(np.float32)))
+
+  (_, _, run), (_, _, rand) = evaluate.load_models(
+      [run_dir], ["x"], input_size=32, batch_size=16, calibration=images, calibrate_runs=True,
+      calibrate_random=False)
+  want = evaluate.calibrate_batch_stats(config, variables, images, batch_size=16)
+  np.testing.assert_allclose(run(probe), direct(want), rtol=1e-4, atol=1e-5)
+  assert not np.allclose(run(probe), direct(variables), rtol=1e-3)  # statistics re-estimated
+  np.testing.assert_allclose(rand(probe), direct(evaluate.random_init_variables(config, 0, 32)),
+                             rtol=1e-4, atol=1e-5)      # the random init left at 0 / 1
+
+
 def test_errors_name_the_problem(run_dir, tmp_path):
   with pytest.raises(ValueError, match="--name given 2 time"):
     evaluate.load_models([run_dir], ["a", "b"])
