@@ -150,6 +150,8 @@ def _join_closing_sync():
   """After a restore that raised on this host: joins the sync that closes orbax's restore, where
   the hosts that read the checkpoint now wait (a device collective, without a timeout), so that
   every host reaches the common decision (sharding.all_ok) instead of hanging."""
+  # Orbax's default (checked with 0.11-0.12): no active_processes, no key prefix, no
+  # distributed-barrier flag. tests/test_multihost.py hangs and fails if orbax changes it.
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices("Checkpointer:restore")  # orbax's name for it
@@ -227,7 +229,7 @@ def load_weights(workdir: str, step: int | None = None, model: str = "teacher"):
 
 def load_weights_or_exit(prog: str, workdir: str, step: int | None, model: str):
   """load_weights for a command-line tool: a missing run, step or checkpoint ends the program
-  with one line naming it (exit 1) instead of a traceback."""
+  with one line naming it (exit 2, cli.fail) instead of a traceback."""
   try:
     return load_weights(workdir, step, model)
   except (FileNotFoundError, ValueError, RuntimeError) as e:

@@ -144,7 +144,8 @@ def load_models(workdirs, names=None, step=None, random_init=True, random_seeds=
   calibrators = {}
 
   def calibrated(config, variables):
-    arch = config.model.backbone
+    # the calibrator preprocesses the images once, with the config's normalisation
+    arch = (config.model.backbone, tuple(config.views.mean), tuple(config.views.std))
     if arch not in calibrators:
       calibrators[arch] = (batch_stats_calibrator(config, calibration, batch_size)
                            if calibration is not None else lambda v: v)

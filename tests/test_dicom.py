@@ -136,6 +136,13 @@ def test_padding_is_left_out_of_minmax_and_shown_black(tmp_path):
                        PixelPaddingValue=40, PixelPaddingRangeLimit=95)
   np.testing.assert_array_equal(dicom.read_dicom(ranged, normalize="minmax")[0, :, 0],
                                 [0, 0, 0, 255])
+  # signed pixels whose padding value a writer stored as US (63536 for -2000)
+  signed = write_dicom(tmp_path / "signed.dcm", np.array([[-2000, -100, 0, 500]]), signed=True)
+  ds = pydicom.dcmread(signed)
+  ds.add_new(0x00280120, "US", 63536)  # PixelPaddingValue
+  ds.save_as(signed)
+  np.testing.assert_array_equal(dicom.read_dicom(signed, normalize="minmax")[0, :, 0],
+                                [0, 0, 42, 255])  # 100 / 600 * 255 = 42.5, to even
   # a real CT whose scan circle is padded with -2000: without the mask, minmax scaled from -2000
   ct = get_testdata_file("693_UNCR.dcm")
   ds = pydicom.dcmread(ct)

@@ -100,6 +100,9 @@ def _padding_mask(arr: np.ndarray, ds):
     b = int(ds.get("PixelPaddingRangeLimit", a))
   except (TypeError, ValueError):  # absent, or an undecodable 'US or SS' value
     return None
+  if np.issubdtype(arr.dtype, np.signedinteger):  # signed pixels, value written as US
+    bits = 8 * arr.dtype.itemsize
+    a, b = (v - 2 ** bits if v >= 2 ** (bits - 1) else v for v in (a, b))
   mask = (arr >= min(a, b)) & (arr <= max(a, b))
   return mask if mask.any() and not mask.all() else None
 
