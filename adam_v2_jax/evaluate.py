@@ -13,7 +13,7 @@ figures and report.md (analysis/report.py).
 import os
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from adam_v2_jax import cli
 
@@ -255,4 +255,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["workdir", "out"])
-  app.run(main)
+  cli.run(main, "evaluate")

@@ -116,6 +116,8 @@ def parse_flags(argv):
     cli.fail("main", f"--config: the config file could not be loaded: {detail or e}")
   except (AttributeError, KeyError, TypeError, ValueError, SyntaxError, flags.Error) as e:
     bad = [a for a in argv[1:] if a.startswith("--config.")]
+    if not bad and isinstance(e, flags.Error):  # not the config: a missing or malformed flag
+      cli.fail("main", cli.flag_message(e))
     lines = [l.strip() for l in str(e).replace("\\n", "\n").splitlines() if l.strip()]
     msg = lines[-1] if "Traceback" in str(e) else " ".join(lines)
     msg = msg.replace("\\'", "'")
