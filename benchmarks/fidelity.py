@@ -27,6 +27,8 @@ is what is analysed and must move within the run). Without these two, every shor
 (K 256-2048, teacher temperature .02-.04, lr 2e-3-2e-2, momentum .99-.996) drifted to a uniform
 teacher output (entropy ln K).
 `--set KEY=VALUE` changes any config key of every run (e.g. --set optim.lr=0.01).
+The best LCD recipe measured so far is not yet the default (README, "Fidelity benchmark"):
+  --steps=960 --set optim.lr=0.01 --set loss.teacher_temp=0.01 --set loss.warmup_teacher_temp=0.01
 """
 import argparse
 import ast
