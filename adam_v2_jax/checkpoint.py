@@ -80,15 +80,10 @@ class Checkpointer:
     if data_iter is not None:
       self._check_process_count(step)
       items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-    out, error = None, None
-    try:
-      out = self._mngr.restore(step, args=ocp.args.Composite(**items))
-    except Exception as e:  # pylint: disable=broad-except
-      error = e
-      _join_closing_sync()
-    if not sharding.all_ok(f"restore {step}", error is None):  # one host failing is enough
-      self.set_aside(step, error or _ELSEWHERE)
-      raise Unreadable(f"checkpoint {step} is unreadable and was moved aside") from error
+    ok, out = self._read_on_every_host("restore", step, lambda: self._mngr.restore(
+        step, args=ocp.args.Composite(**items)))
+    if not ok:
+      raise Unreadable(f"checkpoint {step} is unreadable and was moved aside") from out
     return out["state"], out["position"]
 
   def _check_process_count(self, step: int):
@@ -110,15 +105,9 @@ class Checkpointer:
     """(step, position) of the newest readable checkpoint, or None. Unreadable ones are moved
     aside with a warning (never deleted), so the previous checkpoint is used."""
     for step in reversed(self.steps()):
-      position, error = None, None
-      try:
-        position = self.position(step)
-      except Exception as e:  # pylint: disable=broad-except
-        error = e
-        _join_closing_sync()
-      if sharding.all_ok(f"position {step}", error is None):  # the hosts decide together
+      ok, position = self._read_on_every_host("position", step, lambda: self.position(step))
+      if ok:
         return step, position
-      self.set_aside(step, error or _ELSEWHERE)
     aside = os.path.join(self.workdir, "corrupt_checkpoints")
     if os.path.isdir(aside) and os.listdir(aside):
       raise NoCheckpointLeft(
@@ -127,6 +116,21 @@ class Checkpointer:
           f"after a passing storage error move them back into {self.directory}; to start over, "
           f"delete {aside} (or use a new --workdir)")
     return None
+
+  def _read_on_every_host(self, what: str, step: int, read):
+    """(True, read()) when every process read checkpoint `step`; else (False, this process's
+    error or None) after every process has set it aside: one host failing is enough, and the
+    hosts decide together (sharding.all_ok), so none goes on alone."""
+    value, error = None, None
+    try:
+      value = read()
+    except Exception as e:  # pylint: disable=broad-except
+      error = e
+      _join_closing_sync()
+    if sharding.all_ok(f"{what} {step}", error is None):
+      return True, value
+    self.set_aside(step, error or _ELSEWHERE)
+    return False, error
 
   def set_aside(self, step: int, error: Exception):
     """Moves checkpoint `step` out of the manager's directory after a failed read. Every process

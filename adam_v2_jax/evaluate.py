@@ -138,8 +138,8 @@ def load_models(workdirs, names=None, step=None, random_init=True, random_seeds=
   One random init per architecture and seed, labelled "random init", plus " (<backbone>)" when
   the runs differ in architecture and " seed <s>" when several seeds are given. With
   `calibration` images, a random init's BatchNorm statistics are estimated on them
-  (calibrate_batch_stats; unless not `calibrate_random`), and the runs' with `calibrate_runs`. Raises ValueError
-  naming the workdir when it holds no readable checkpoint.
+  (calibrate_batch_stats; unless not `calibrate_random`), and the runs' with `calibrate_runs`.
+  Raises ValueError naming the workdir when it holds no readable checkpoint.
   """
   calibrators = {}
 
