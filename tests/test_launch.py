@@ -212,10 +212,16 @@ def test_tpu_vm_detached_run_starts_refuses_a_second_and_stops(tmp_path):
   try:
     first = tpu("run", "--", "--workdir=/w/a b")
     assert first.returncode == 0 and "started" in first.stdout, first.stdout + first.stderr
-    for _ in range(50):  # the detached trainer comes up
-      if subprocess.run(["pgrep", "-f", pattern]).returncode == 0:
+    log_file = home / "adam_v2_run.log"
+    # The detached trainer is up once it has printed (its process shows in pgrep earlier, before
+    # Python has started; stopping it then left an empty log on a loaded CI machine).
+    for _ in range(300):
+      if log_file.exists() and "trainer [" in log_file.read_text():
         break
       time.sleep(0.1)
+    else:
+      raise AssertionError("the detached trainer did not start: " + (
+          log_file.read_text() if log_file.exists() else "no log"))
     second = tpu("run", "--", "--workdir=/w/a b")
     assert second.returncode != 0 and "a run is going" in second.stdout
     assert tpu("stop").returncode == 0
@@ -225,7 +231,7 @@ def test_tpu_vm_detached_run_starts_refuses_a_second_and_stops(tmp_path):
       time.sleep(0.1)
     else:
       raise AssertionError("stop left the trainer running")
-    log = (home / "adam_v2_run.log").read_text()
+    log = log_file.read_text()
     assert "trainer ['--workdir=/w/a b']" in log  # arguments arrive whole
     # A preempted spot VM is deleted and created again, a READY one reused.
     preempted = tpu("create", FAKE_STATE="PREEMPTED")
