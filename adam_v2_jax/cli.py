@@ -12,6 +12,22 @@ from typing import Callable, NoReturn
 from absl import app, flags
 
 
+class _IntListParser(flags.ListParser):
+  """'0,1,2' -> [0, 1, 2]; anything else is a flag error naming the flag and its value."""
+
+  def parse(self, argument):
+    try:
+      return [int(v) for v in super().parse(argument)]
+    except ValueError:
+      raise ValueError("comma-separated integers, e.g. 0,1") from None
+
+
+def define_int_list(name: str, default, help_text: str):
+  """A flag holding a comma-separated list of integers (a list of ints, or None)."""
+  return flags.DEFINE(_IntListParser(), name, default, help_text,
+                      serializer=flags.ListSerializer(","))
+
+
 def report(prog: str, message) -> None:
   """Prints `prog: error: message` to stderr."""
   print(f"{prog}: error: {message}", file=sys.stderr)

@@ -34,18 +34,9 @@ _CALIBRATE_RUNS = flags.DEFINE_bool("calibrate_runs", False, "Also re-estimate t
                                     "BatchNorm statistics on those patches (the random inits' "
                                     "treatment for every model; the default keeps the teacher's "
                                     "own statistics, from its training views).")
-_RANDOM_SEEDS = flags.DEFINE_list("random_seeds", ["0"], "Seeds of the random-init baselines "
-                                  "(several show how much one random draw differs from another).")
-def _all_ints(values) -> bool:
-  try:
-    for v in values:
-      int(v)
-  except ValueError:
-    return False
-  return True
-
-
-flags.register_validator("random_seeds", _all_ints, "comma-separated integers, e.g. 0,1,2")
+_RANDOM_SEEDS = cli.define_int_list("random_seeds", [0], "Seeds of the random-init baselines "
+                                    "(several show how much one random draw differs from "
+                                    "another).")
 _CSV = flags.DEFINE_string("landmarks_csv", "", "Landmark CSV (image,landmark,x,y[,patient]); "
                            "default: the phantom's annotated landmarks.")
 _IMAGE_ROOT = flags.DEFINE_string("image_root", "", "Folder the CSV's image paths are relative "
@@ -236,7 +227,7 @@ def main(argv):
     paths = evaluate(
         _WORKDIR.value, _OUT.value, names=_NAME.value, step=_STEP.value,
         random_init=_RANDOM_INIT.value,
-        random_seeds=[int(v) for v in _RANDOM_SEEDS.value],
+        random_seeds=_RANDOM_SEEDS.value,
         calibrate_bn=_CALIBRATE_BN.value, calibrate_runs=_CALIBRATE_RUNS.value,
         landmarks_csv=_CSV.value,
         image_root=_IMAGE_ROOT.value,

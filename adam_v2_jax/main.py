@@ -7,6 +7,8 @@
 """
 import logging as std_logging
 import os
+import re
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -21,9 +23,8 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "hand (TPU VMs and SLURM are detected automatically).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
-_LOCAL_DEVICES = flags.DEFINE_string("local_device_ids", None,
-                                     "Comma-separated local device ids this process uses (one "
-                                     "process per GPU).")
+_LOCAL_DEVICES = cli.define_int_list("local_device_ids", None, "Comma-separated local device "
+                                     "ids this process uses (one process per GPU).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -41,20 +42,9 @@ def init_distributed():
   import jax  # pylint: disable=g-import-not-at-top
   if _COORDINATOR.value or (_NUM_PROCESSES.value or 1) > 1:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                               local_device_ids=_local_device_ids())
+                               local_device_ids=_LOCAL_DEVICES.value)
   elif _in_cluster():
     jax.distributed.initialize()
-
-
-def _local_device_ids():
-  """--local_device_ids as ints (None when not given); a clear exit 2 on what does not parse."""
-  if not _LOCAL_DEVICES.value:
-    return None
-  try:
-    return [int(i) for i in _LOCAL_DEVICES.value.split(",")]
-  except ValueError:
-    cli.fail("main", f"--local_device_ids={_LOCAL_DEVICES.value}: comma-separated integers, "
-             "e.g. 0,1")
 
 
 def check_process_flags():
@@ -116,6 +106,10 @@ def parse_flags(argv):
     cli.fail("main", f"--config: the config file could not be loaded: {detail or e}")
   except (AttributeError, KeyError, TypeError, ValueError, SyntaxError, flags.Error) as e:
     bad = [a for a in argv[1:] if a.startswith("--config.")]
+    text = str(e)
+    if isinstance(e, flags.Error) and "Error whilst parsing config file" in text:  # wrapped
+      raised = [l.strip() for l in text.splitlines() if l.strip()][-1]
+      _config_raised(raised, re.findall(r'File "([^"]+)", line (\d+)', text))
     if not bad and isinstance(e, flags.Error):  # not the config: a missing or malformed flag
       cli.fail("main", cli.flag_message(e))
     lines = [l.strip() for l in str(e).replace("\\n", "\n").splitlines() if l.strip()]
@@ -124,6 +118,17 @@ def parse_flags(argv):
     if len(msg) > 1 and msg[0] == msg[-1] and msg[0] in "'\"":  # a repr's quotes, as a pair
       msg = msg[1:-1]
     cli.fail("main", f"bad configuration flag among {bad or argv[1:]}: {msg}")
+  except Exception as e:  # pylint: disable=broad-except  # the config file's own code raised
+    _config_raised(f"{type(e).__name__}: {e}",
+                   [(f.filename, f.lineno) for f in traceback.extract_tb(e.__traceback__)])
+
+
+def _config_raised(raised: str, frames):
+  """Fails naming the error and the innermost (file, line) of `frames` outside installed
+  packages: the line of the config file that raised."""
+  mine = [f for f in frames if "-packages" not in f[0]]
+  where = f" ({mine[-1][0]}, line {mine[-1][1]})" if mine else ""
+  cli.fail("main", f"--config: loading the config raised {raised}{where}")
 
 
 if __name__ == "__main__":
