@@ -49,9 +49,12 @@ QUICK_VARIANTS = ("L", "LCD")
 
 
 def make_config(weights, coarse_to_fine: bool, *, backbone: str, steps: int, batch: int,
-                levels: int = 3, overrides=()):
+                levels: int = 3, cd_weight: float = 1.0, overrides=()):
   """The config of one run: one LCD stage of `steps` steps, split over `levels` levels or not.
 
+  cd_weight: scales the composability and decomposability weights. Their losses are means over
+    the D feature elements of normalised vectors, 2 (1 - cos) / D, so at weight 1 they are about
+    1e-3 of the localizability loss; cd_weight = D weighs 2 (1 - cos) instead.
   overrides: (key, value) pairs, key dotted ("optim.lr"), applied last.
   """
   import ml_collections  # pylint: disable=g-import-not-at-top
@@ -70,7 +73,7 @@ def make_config(weights, coarse_to_fine: bool, *, backbone: str, steps: int, bat
   c.steps_per_epoch = per_epoch
   epochs = (epochs_per_level,) * levels if coarse_to_fine else (epochs_per_level * levels,)
   c.stages = [ml_collections.ConfigDict(dict(mode="LCD", epochs=epochs))]
-  c.loss.weights = tuple(weights)
+  c.loss.weights = (weights[0], *(w * cd_weight for w in weights[1:]))
   c.model.head_bn = True
   c.loss.teacher_temp = c.loss.warmup_teacher_temp = 0.02
   c.optim.lr = 2e-3
@@ -168,6 +171,8 @@ def main():
   p.add_argument("--backbone", default="tiny_resnet")
   p.add_argument("--steps", type=int, default=None, help="steps per run (default 480; quick 6)")
   p.add_argument("--batch", type=int, default=None, help="anchors per step (default 16; quick 8)")
+  p.add_argument("--cd_weight", type=float, default=1.0, help="scales the composability and "
+                 "decomposability weights of every run that has them (default 1, the paper's)")
   p.add_argument("--set", type=_parse_set, action="append", default=[], metavar="KEY=VALUE",
                  help="override a config key in every run (repeatable)")
   p.add_argument("--variants", default=None, help="comma-separated runs to train and analyse "
@@ -200,8 +205,8 @@ def main():
       continue
     wd = os.path.join(args.out, "runs", name)
     cfg = make_config(weights, c2f, backbone=args.backbone, steps=steps, batch=batch,
-                      overrides=args.set)
-    print(f"[fidelity] training {name}: weights {weights}, levels {tuple(cfg.stages[0].epochs)} "
+                      cd_weight=args.cd_weight, overrides=args.set)
+    print(f"[fidelity] training {name}: weights {tuple(cfg.loss.weights)}, levels {tuple(cfg.stages[0].epochs)} "
           f"epochs x {cfg.steps_per_epoch} steps, batch {batch}", flush=True)
     train_info[name] = train_variant(cfg, wd)
     print(f"[fidelity] {name}: {train_info[name]}", flush=True)
@@ -217,7 +222,9 @@ def main():
   analysis_s = round(time.perf_counter() - t0, 1)
   text, wins = table(paths["results"], names, [f"random init seed {s}" for s in seeds])
   summary = (f"{args.backbone}, {steps} steps x {batch} anchors per run, {cases} held-out "
-             f"phantom patients; analyses {analysis_s} s; training s: "
+             f"phantom patients"
+             + (f", C and D weights x {args.cd_weight:g}" if args.cd_weight != 1 else "")
+             + f"; analyses {analysis_s} s; training s: "
              + ", ".join(f"{n} {train_info[n]['seconds']}" for n in names)
              + ("; every model's BatchNorm statistics estimated on the analysed patches"
                 if args.calibrate_runs else ""))
@@ -229,6 +236,7 @@ def main():
     f.write(md)
   with open(os.path.join(args.out, f"fidelity{tag}.json"), "w") as f:
     json.dump({"settings": {"backbone": args.backbone, "steps": steps, "batch": batch,
+                            "cd_weight": args.cd_weight,
                             "cases": cases, "quick": args.quick, "set": args.set,
                             "calibrate_runs": args.calibrate_runs},
                "training": train_info, "analysis_seconds": analysis_s, "wins": wins,

@@ -196,6 +196,14 @@ def test_view_identity_without_augmentation_x1_is_x0():
   assert view_identity.top1(*view_identity.x0_x1(recipe, level=1, batch=16)) < 1.0
 
 
+def test_fidelity_cd_weight_scales_the_composability_and_decomposability_weights_only():
+  lc = fidelity.make_config((1.0, 1.0, 0.0), True, backbone="tiny_resnet", steps=48, batch=16,
+                            cd_weight=256.0)
+  assert tuple(lc.loss.weights) == (1.0, 256.0, 0.0)
+  plain = fidelity.make_config((1.0, 1.0, 1.0), True, backbone="tiny_resnet", steps=48, batch=16)
+  assert tuple(plain.loss.weights) == (1.0, 1.0, 1.0)
+
+
 def test_fidelity_table_marks_wins_over_every_baseline():
   def metrics(intra, knn):
     loc = {"intra_distance": {"all": {"median": intra}}, "knn_accuracy": knn,
