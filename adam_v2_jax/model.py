@@ -75,9 +75,8 @@ class Networks:
     statistics move by the mean of the views' updates. rng: split per view (stochastic depth).
     """
     if not batch_stats:  # no BatchNorm: one call is the same computation
-      feat, _ = self.features(params, batch_stats, x.reshape((-1,) + x.shape[2:]), rng=rng,
-                              teacher=teacher)
-      return feat.reshape(x.shape[0], x.shape[1], -1).transpose(1, 0, 2), batch_stats
+      feat, _ = self.features(params, batch_stats, flatten_views(x), rng=rng, teacher=teacher)
+      return split_views(feat, x.shape[1]), batch_stats
     keys = None if rng is None else jax.random.split(rng, x.shape[1])
     feat, stats = jax.vmap(
         lambda v, k: self.features(params, batch_stats, v, rng=k, teacher=teacher),
@@ -95,6 +94,16 @@ class Networks:
   def decompose(self, params, whole_feat):
     """h_D: float32[B, D] -> float32[B, n*D]; slice i is part i."""
     return self.head_d.apply({"params": params["head_d"]}, whole_feat)
+
+
+def flatten_views(x):
+  """[B, V, ...] -> [B*V, ...] (anchor-major, so the batch sharding stays in contiguous blocks)."""
+  return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+
+
+def split_views(feat, n_views):
+  """[B*V, D] (anchor-major) -> [V, B, D]."""
+  return feat.reshape(-1, n_views, feat.shape[-1]).transpose(1, 0, 2)
 
 
 def build_networks(config) -> Networks:

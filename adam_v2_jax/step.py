@@ -19,16 +19,6 @@ from adam_v2_jax import schedules as schedules_lib
 from adam_v2_jax import state as state_lib
 
 
-def _flat(x):
-  """[B, V, ...] -> [B*V, ...] (anchor-major, so the batch sharding stays in contiguous blocks)."""
-  return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
-
-
-def _per_view(feat, n_views):
-  """[B*V, D] -> [V, B, D]."""
-  return feat.reshape(-1, n_views, feat.shape[-1]).transpose(1, 0, 2)
-
-
 def _is_schedule_counter(leaf) -> bool:
   """An integer leaf of the optimizer state outside Adam's moments and count (those of
   inject_hyperparams, scale_by_learning_rate's schedule and the last-layer freeze)."""
@@ -83,8 +73,9 @@ def make_train_step(config, nets: model_lib.Networks, layout: layout_lib.ViewLay
                                                views[0][:, t_pos], teacher=True)
     else:
       t_feat, t_stats = nets.features(state.teacher, state.teacher_batch_stats,
-                                      _flat(views[0][:, t_pos]), train=True, teacher=True)
-      t_feat = _per_view(t_feat, len(t_pos))
+                                      model_lib.flatten_views(views[0][:, t_pos]), train=True,
+                                      teacher=True)
+      t_feat = model_lib.split_views(t_feat, len(t_pos))
     t_feat = jax.lax.stop_gradient(t_feat)  # [Vt (+ n), B, D]
     n_t = len(layout.teacher)
     t_logits = jax.lax.stop_gradient(nets.localizability(state.teacher, t_feat[:n_t]))
@@ -96,8 +87,9 @@ def make_train_step(config, nets: model_lib.Networks, layout: layout_lib.ViewLay
         if per_view and g == 0:  # the released code's calls: each 224 px view alone
           f, stats = nets.features_per_view(params, stats, views[g], rng=key)
         else:
-          f, stats = nets.features(params, stats, _flat(views[g]), train=True, rng=key)
-          f = _per_view(f, len(idx))
+          f, stats = nets.features(params, stats, model_lib.flatten_views(views[g]), train=True,
+                                   rng=key)
+          f = model_lib.split_views(f, len(idx))
         feats.update({view: f[j] for j, view in enumerate(idx)})
       s_logits = nets.localizability(params, jnp.stack([feats[i] for i in layout.student]))
       loss_l = losses.localizability_loss(s_logits, t_logits, state.center,
