@@ -206,7 +206,8 @@ def main():
     wd = os.path.join(args.out, "runs", name)
     cfg = make_config(weights, c2f, backbone=args.backbone, steps=steps, batch=batch,
                       cd_weight=args.cd_weight, overrides=args.set)
-    print(f"[fidelity] training {name}: weights {tuple(cfg.loss.weights)}, levels {tuple(cfg.stages[0].epochs)} "
+    print(f"[fidelity] training {name}: weights {tuple(cfg.loss.weights)}, levels "
+          f"{tuple(cfg.stages[0].epochs)} "
           f"epochs x {cfg.steps_per_epoch} steps, batch {batch}", flush=True)
     train_info[name] = train_variant(cfg, wd)
     print(f"[fidelity] {name}: {train_info[name]}", flush=True)
