@@ -12,6 +12,12 @@ CONSOLE_KEYS = ("loss", "loss_localizability", "loss_composability", "loss_decom
                 "teacher_entropy", "lr")
 
 
+def _cost_rank(mode) -> int:
+  """Modes cheapest first: an LCD step runs more and larger views than an L step (x1, the parts
+  and the locals against two globals and the locals), so its time is at least an L step's."""
+  return ("L", "LCD").index(mode) if mode in ("L", "LCD") else 0
+
+
 class MetricWriter:
   """Writes one JSON object per logged step to DIR/metrics.jsonl and the scalars to TensorBoard.
 
@@ -74,8 +80,10 @@ class MetricWriter:
       start += n
       if left and mode in timed:
         eta += left * timed[mode][0] / timed[mode][1]
-      elif left:
+      elif left:  # untimed: at least as slow as a timed mode that costs no more per step
         complete = False
+        cheaper = [s / k for m, (s, k) in timed.items() if _cost_rank(m) <= _cost_rank(mode)]
+        eta += left * min(cheaper, default=0.0)
     return eta, complete
 
   def write(self, step: int, record: dict):

@@ -64,7 +64,9 @@ def test_eta_times_each_mode_on_its_own_steps_and_is_a_lower_bound_until_then(tm
   clock.now = 30.0                        # step 1 compiled
   w.start_clock(1, "L")
   clock.now += 3.0                        # steps 2-4
-  assert w.eta_seconds(4) == (6.0, False)  # 6 L steps left at 1 s; the LCD steps untimed
+  # 6 L steps left at 1 s; the 10 LCD steps untimed, counted at the L rate: a lower bound (the
+  # demo's ETA read "> 0m00s" at the end of stage L when they counted for nothing)
+  assert w.eta_seconds(4) == (16.0, False)
   w.write(4, {"loss": 1.0})
   clock.now += 7.0                        # the level's save and the next compile: not a rate
   w.start_clock(5, "L")
@@ -79,6 +81,17 @@ def test_eta_times_each_mode_on_its_own_steps_and_is_a_lower_bound_until_then(tm
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert rows[-1] == {"step": 13, "loss": None, "finite": 0.0}  # strict JSON: null, not NaN
   assert "NaN" not in open(tmp_path / "metrics.jsonl").read()
+
+
+def test_an_untimed_cheaper_mode_adds_nothing_to_the_lower_bound(tmp_path):
+  # LCD timed first, L ahead: an L step may be faster than an LCD one, so it is left out
+  clock = _Clock()
+  w = metrics.MetricWriter(str(tmp_path), total_steps=20, tensorboard=False,
+                           plan=[(10, "LCD"), (10, "L")], clock=clock)
+  w.start_clock(1, "LCD")
+  clock.now = 6.0                          # steps 2-4 at 2 s
+  assert w.eta_seconds(4) == (12.0, False)  # 6 LCD steps; the L steps untimed
+  w.close()
 
 
 def test_eta_without_a_plan_counts_every_step_alike(tmp_path):
