@@ -42,7 +42,7 @@ def init_distributed():
   import jax  # pylint: disable=g-import-not-at-top
   if _COORDINATOR.value or (_NUM_PROCESSES.value or 1) > 1:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                               local_device_ids=_LOCAL_DEVICES.value)
+                               local_device_ids=_LOCAL_DEVICES.value or None)  # "" is unset
   elif _in_cluster():
     jax.distributed.initialize()
 
