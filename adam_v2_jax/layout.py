@@ -29,7 +29,7 @@ global crops, then the local crops.
 """
 import dataclasses
 
-MODES = ("L", "LCD")
+MODES = ("L", "LCD")  # cheapest step first (metrics' ETA relies on the order)
 PARAM_KEYS = ("crop", "angle", "jitter", "jitter_order", "blur_sigma")
 
 

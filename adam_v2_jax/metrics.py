@@ -8,14 +8,16 @@ import time
 import jax
 from absl import logging
 
+from adam_v2_jax import layout
+
 CONSOLE_KEYS = ("loss", "loss_localizability", "loss_composability", "loss_decomposability",
                 "teacher_entropy", "lr")
 
 
 def _cost_rank(mode) -> int:
-  """Modes cheapest first: an LCD step runs more and larger views than an L step (x1, the parts
-  and the locals against two globals and the locals), so its time is at least an L step's."""
-  return ("L", "LCD").index(mode) if mode in ("L", "LCD") else 0
+  """layout.MODES lists modes cheapest first: an LCD step runs more and larger views than an L
+  step (x1, the parts and the locals against two globals and the locals)."""
+  return layout.MODES.index(mode) if mode in layout.MODES else 0
 
 
 class MetricWriter:
