@@ -1,5 +1,6 @@
 """CPU timing of dense convolutions: XLA's convolution vs the matrix-product forms of
-models/cpu_conv.py, forward + backward, next to PyTorch when installed.
+models/cpu_conv.py, forward + backward, next to PyTorch when installed; the same for ResNet's max
+pool (lax's reduce_window vs cpu_conv.max_pool).
 
   python benchmarks/cpu_conv.py [--batch=8] [--size=112] [--repeats=3] [--models]
 
@@ -19,7 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]  # run as a script from a checkout, installed or not
 from convnext_depthwise import _time, jax_model, torch_conv_time, torch_model  # noqa: E402  pylint: disable=wrong-import-position,line-too-long
 
-from adam_v2_jax.models import cpu_conv  # noqa: E402  pylint: disable=wrong-import-position
+from adam_v2_jax.models import cpu_conv, layers  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def resnet50_shapes(size: int):
@@ -39,6 +40,19 @@ def jax_conv(impl, n, h, ci, co, k, s, repeats):
                                                     dimension_numbers=cpu_conv.DIMENSIONS))
   g = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.square(f(x, w, (s, s), pad))), argnums=(0, 1)))
   return _time(lambda: g(x, w), repeats)
+
+
+def jax_pool(impl, n, h, c, repeats):
+  """ResNet's 3x3 stride-2 max pool of [n, h, h, c] (after the stem's ReLU), forward + backward."""
+  x = jax.nn.relu(jax.random.normal(jax.random.PRNGKey(0), (n, h, h, c)))
+  g = jax.jit(jax.grad(lambda x: jnp.sum(jnp.square(layers.max_pool(x, 3, 2, 1, impl=impl)))))
+  return _time(lambda: g(x), repeats)
+
+
+def torch_pool(n, h, c, repeats):
+  import torch   # pylint: disable=g-import-not-at-top
+  pool = torch.nn.MaxPool2d(3, stride=2, padding=1)
+  return torch_conv_time(pool, torch.relu(torch.randn(n, c, h, h)).requires_grad_(), repeats)
 
 
 def torch_conv(n, h, ci, co, k, s, repeats):
@@ -67,6 +81,10 @@ def main():
     dots = jax_conv("dots", a.batch, h, ci, co, k, s, a.repeats)
     tt = torch_conv(a.batch, h, ci, co, k, s, a.repeats) if torch_threads else float("nan")
     print(f"{f'{h}, {ci}->{co}, {k}x{k}, s{s}':>30} {xla:8.1f} {dots:8.1f} {tt:8.1f}")
+  h = a.size // 2  # the stem's output
+  pools = [jax_pool(i, a.batch, h, 64, a.repeats) for i in ("xla", "dots")]
+  tt = torch_pool(a.batch, h, 64, a.repeats) if torch_threads else float("nan")
+  print(f"{f'max pool {h}, 64, 3x3, s2':>30} {pools[0]:8.1f} {pools[1]:8.1f} {tt:8.1f}")
   if a.models:
     for name in ("resnet50", "convnext_base"):
       times = {i: jax_model(name, a.batch, a.size, a.repeats, conv_impl=i)

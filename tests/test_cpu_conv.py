@@ -1,9 +1,11 @@
-"""Convolutions as matrix products (models/cpu_conv.py): the same function, values and gradients,
-as lax.conv_general_dilated; the ResNet built with them equals the one built with XLA's convs."""
+"""Convolutions as matrix products and max pooling by slices (models/cpu_conv.py): the same
+functions, values and gradients, as lax's; the ResNet built with them equals the one built with
+XLA's."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 from jax import lax
 
 from adam_v2_jax import models
@@ -69,6 +71,27 @@ def test_other_convolutions_go_to_lax():
                                           dimension_numbers=dn)
   np.testing.assert_allclose(dilated, lax.conv_general_dilated(
       x, w1, (1, 1), "SAME", rhs_dilation=(2, 2), dimension_numbers=dn), rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape,window,stride,pad", [
+    ((3, 11, 12, 5), 3, 2, 1),  # ResNet's pool, odd and even sides
+    ((2, 8, 8, 3), 2, 2, 0),    # no overlap, no padding
+    ((2, 9, 9, 2), 3, 1, 1),    # every pixel in 9 windows
+])
+def test_max_pool_equals_flax_values_and_gradients_with_ties(shape, window, stride, pad):
+  rng = np.random.default_rng(window + stride)
+  # Quantised ReLU output: most windows hold several equal maxima (zeros and repeated values), so
+  # the gradient is right only if each window's first maximum (row-major) takes it, as in lax.
+  x = jnp.asarray(np.maximum(np.round(rng.normal(size=shape) * 2), 0), jnp.float32)
+  args = ((window, window), (stride, stride), ((pad, pad), (pad, pad)))
+  ref, ref_vjp = jax.vjp(lambda x: nn.max_pool(x, *args[:2], padding=args[2]), x)
+  new, new_vjp = jax.vjp(lambda x: cpu_conv.max_pool(x, *args), x)
+  np.testing.assert_array_equal(new, ref)
+  cot = jnp.asarray(rng.normal(size=ref.shape), jnp.float32)
+  np.testing.assert_allclose(new_vjp(cot)[0], ref_vjp(cot)[0], rtol=1e-6, atol=1e-6)
+  # layers.max_pool picks the form by impl, with torch's padding.
+  for impl in ("xla", "dots"):
+    np.testing.assert_array_equal(layers.max_pool(x, window, stride, pad, impl=impl), ref)
 
 
 def test_resnet_with_dot_convs_equals_xla_convs():

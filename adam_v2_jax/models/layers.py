@@ -106,6 +106,15 @@ def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, *, use_b
                  name=name, conv_general_dilated=fn)
 
 
+def max_pool(x: jax.Array, window: int, stride: int, padding: int, impl: str = "auto"):
+  """x [N,H,W,C] -> [N,H',W',C]: max pooling with torch-style padding; impl as conv's ('dots':
+  cpu_conv.max_pool, the same function with a faster gradient on XLA:CPU)."""
+  args = ((window, window), (stride, stride), torch_padding(padding))
+  if resolve_conv_impl(impl) == "dots":
+    return cpu_conv.max_pool(x, *args)
+  return nn.max_pool(x, *args[:2], padding=args[2])
+
+
 class LayerNorm(nn.Module):
   """LayerNorm over the last axis, eps 1e-6 (timm ConvNeXt/ViT); statistics in float32.
 

@@ -64,7 +64,7 @@ class ResNet(nn.Module):
                     kernel_init=layers.kaiming_normal_fan_out(), name="conv1",
                     impl=self.conv_impl)(x)
     x = nn.relu(layers.BatchNorm(dtype=self.dtype, name="bn1")(x, train))
-    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    x = layers.max_pool(x, 3, 2, 1, impl=self.conv_impl)
     rates = layers.drop_path_rates(self.drop_path, sum(self.layers))
     in_ch, b = STEM_WIDTH, 0
     for s, (depth, planes) in enumerate(zip(self.layers, self.channels)):
